@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# Prepare everything the test suite needs beyond Rust itself. Idempotent and fast when done.
+#
+#   * .venv/ (gitignored) with torch, numpy and safetensors, used by the interop tests
+#     (tests/interop_read.rs, tests/python/*). pip is skipped when the venv already imports them.
+#   * Debian's mesa-vulkan-drivers (lavapipe, a CPU Vulkan driver) for the wgpu backend tests,
+#     installed only when its ICD file is missing and we are root.
+#
+# Environment:
+#   PTFILE_SKIP_VENV=1     do not create or touch .venv (interop tests then skip themselves)
+#   PTFILE_SKIP_APT=1      do not install Debian packages
+#   PTFILE_TORCH_SPEC=...  the pip requirement for torch (default: torch)
+#   PYTHON=...             the interpreter that creates the venv (default: python3)
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+VENV="$ROOT/.venv"
+PY="${PYTHON:-python3}"
+TORCH_SPEC="${PTFILE_TORCH_SPEC:-torch}"
+LVP_ICD=/usr/share/vulkan/icd.d/lvp_icd.x86_64.json
+
+say() { echo "[setup-test-env] $*"; }
+
+# ---------------------------------------------------------------------------------------------
+# 1. Python venv with torch
+# ---------------------------------------------------------------------------------------------
+venv_ok() {
+    [ -x "$VENV/bin/python" ] &&
+        "$VENV/bin/python" -c "import torch, numpy, safetensors" >/dev/null 2>&1
+}
+
+if [ "${PTFILE_SKIP_VENV:-0}" = 1 ]; then
+    say "PTFILE_SKIP_VENV=1: not touching .venv"
+elif venv_ok; then
+    say ".venv ready: $("$VENV/bin/python" -c 'import torch, numpy, safetensors; print("torch", torch.__version__, "numpy", numpy.__version__, "safetensors", safetensors.__version__)')"
+else
+    if ! command -v "$PY" >/dev/null 2>&1; then
+        say "no $PY on PATH: cannot create .venv (the interop tests will skip)"
+    else
+        if [ ! -x "$VENV/bin/python" ]; then
+            say "creating .venv with $("$PY" --version 2>&1)"
+            if ! "$PY" -m venv "$VENV"; then
+                # Debian's python3 lacks ensurepip unless python3-venv is installed.
+                if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && [ "${PTFILE_SKIP_APT:-0}" != 1 ]; then
+                    say "python3 -m venv failed; installing python3-venv"
+                    rm -rf "$VENV"
+                    apt-get update -qq
+                    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
+                    "$PY" -m venv "$VENV"
+                else
+                    say "python3 -m venv failed and apt is unavailable"
+                    exit 1
+                fi
+            fi
+        fi
+        say "pip install $TORCH_SPEC numpy safetensors (the default torch wheel is large; this takes a minute)"
+        start=$(date +%s)
+        "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --progress-bar off \
+            "$TORCH_SPEC" numpy safetensors
+        say "pip done in $(( $(date +%s) - start )) s"
+        # The pip cache of a 5 GB install is only dead weight on a CI machine.
+        if [ "${CI:-}" = true ]; then "$VENV/bin/python" -m pip cache purge >/dev/null 2>&1 || true; fi
+        if venv_ok; then
+            say ".venv ready: $("$VENV/bin/python" -c 'import torch; print("torch", torch.__version__)')"
+        else
+            say "ERROR: .venv still cannot import torch, numpy, safetensors"
+            "$VENV/bin/python" -c "import torch, numpy, safetensors" || true
+            exit 1
+        fi
+    fi
+fi
+
+# ---------------------------------------------------------------------------------------------
+# 2. lavapipe (software Vulkan) for the wgpu backend
+# ---------------------------------------------------------------------------------------------
+if [ -e "$LVP_ICD" ]; then
+    say "lavapipe present: $LVP_ICD"
+elif [ "${PTFILE_SKIP_APT:-0}" = 1 ]; then
+    say "PTFILE_SKIP_APT=1: lavapipe missing, not installing it (wgpu tests may skip)"
+elif [ "$(id -u)" != 0 ]; then
+    say "note: lavapipe ($LVP_ICD) is missing and we are not root;"
+    say "      run 'sudo apt-get install mesa-vulkan-drivers' for the wgpu backend tests"
+elif ! command -v apt-get >/dev/null 2>&1; then
+    say "note: lavapipe is missing and there is no apt-get; wgpu tests may skip"
+else
+    say "installing mesa-vulkan-drivers (lavapipe)"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mesa-vulkan-drivers >/dev/null
+    if [ -e "$LVP_ICD" ]; then say "lavapipe installed: $LVP_ICD"; else say "WARNING: $LVP_ICD still missing"; fi
+fi

@@ -1,0 +1,610 @@
+//! Describing a checkpoint: the JSON description schema of the fixtures (what `torch.load`
+//! returns: the tree, every tensor's sha256 and small values, every storage) and the human
+//! summary of `ptfile inspect`.
+//!
+//! Storage bytes come through [`StorageBytes`], so the same code describes a file (bytes from
+//! the map) and a load (bytes read back from each device).
+
+use std::borrow::Cow;
+use std::fmt::Write as _;
+
+use serde_json::{json, Map, Value};
+use sha2::{Digest, Sha256};
+
+use crate::checkpoint::Checkpoint;
+use crate::dtype::{float8_to_f64, DType, Kind, Part};
+use crate::error::{Error, Result};
+use crate::model::{Object, Tensor};
+
+/// Where a description reads storage bytes from.
+pub trait StorageBytes {
+    /// Little-endian bytes of storage `i`.
+    fn storage_bytes(&self, i: usize) -> Result<Cow<'_, [u8]>>;
+    /// The device storage `i` lives on (the saved location for a file).
+    fn storage_device(&self, i: usize) -> String;
+    /// Extra keys for storage `i` in the `storages` list.
+    fn storage_extra(&self, i: usize) -> Map<String, Value> {
+        let _ = i;
+        Map::new()
+    }
+}
+
+impl StorageBytes for Checkpoint {
+    fn storage_bytes(&self, i: usize) -> Result<Cow<'_, [u8]>> {
+        Checkpoint::storage_bytes(self, i)
+    }
+    fn storage_device(&self, i: usize) -> String {
+        self.storages[i].location.clone()
+    }
+    fn storage_extra(&self, i: usize) -> Map<String, Value> {
+        let s = &self.storages[i];
+        let mut m = Map::new();
+        m.insert("key".into(), json!(s.key));
+        m.insert("dtype".into(), json!(s.dtype.name()));
+        m
+    }
+}
+
+/// Options of a description.
+#[derive(Debug, Clone)]
+pub struct DescribeOptions {
+    /// Most nodes the description may have; a shared structure that would expand beyond it is
+    /// refused rather than printed (a memo bomb cannot make the output explode).
+    pub max_nodes: usize,
+    /// Tensors with at most this many elements get `values`.
+    pub max_values: u64,
+}
+
+impl Default for DescribeOptions {
+    fn default() -> Self {
+        DescribeOptions {
+            max_nodes: 1_000_000,
+            max_values: 64,
+        }
+    }
+}
+
+/// Describes a checkpoint from the file's bytes.
+pub fn describe(ckpt: &Checkpoint) -> Result<Value> {
+    describe_with(ckpt, &ckpt.root, ckpt, &DescribeOptions::default())
+}
+
+/// Describes `root` (an object of `ckpt`) with storage bytes from `bytes`.
+pub fn describe_with(
+    ckpt: &Checkpoint,
+    root: &Object,
+    bytes: &dyn StorageBytes,
+    opts: &DescribeOptions,
+) -> Result<Value> {
+    let mut d = Describer {
+        ckpt,
+        bytes,
+        opts,
+        nodes: 0,
+        used: vec![false; ckpt.storages.len()],
+    };
+    let root_v = d.node(root)?;
+    let mut storages = Vec::new();
+    for (i, s) in ckpt.storages.iter().enumerate() {
+        if !d.used[i] {
+            continue;
+        }
+        let b = bytes.storage_bytes(i)?;
+        let mut m = Map::new();
+        m.insert("id".into(), json!(i));
+        m.insert("device".into(), json!(bytes.storage_device(i)));
+        m.insert("nbytes".into(), json!(s.nbytes));
+        m.insert("sha256".into(), json!(hex(&Sha256::digest(&b[..]))));
+        m.extend(bytes.storage_extra(i));
+        storages.push(Value::Object(m));
+    }
+    Ok(json!({
+        "format": ckpt.format.name(),
+        "byteorder": match ckpt.byteorder { crate::ByteOrder::Little => "little", crate::ByteOrder::Big => "big" },
+        "pickle_protocol": ckpt.protocol,
+        "root": root_v,
+        "storages": storages,
+    }))
+}
+
+struct Describer<'a> {
+    ckpt: &'a Checkpoint,
+    bytes: &'a dyn StorageBytes,
+    opts: &'a DescribeOptions,
+    nodes: usize,
+    used: Vec<bool>,
+}
+
+fn hex(b: &[u8]) -> String {
+    let mut s = String::with_capacity(b.len() * 2);
+    for x in b {
+        let _ = write!(s, "{x:02x}");
+    }
+    s
+}
+
+fn float_json(v: f64) -> Value {
+    if v.is_nan() {
+        json!("nan")
+    } else if v.is_infinite() {
+        json!(if v > 0.0 { "inf" } else { "-inf" })
+    } else if v == 0.0 && v.is_sign_negative() {
+        json!("-0.0")
+    } else {
+        json!(v)
+    }
+}
+
+fn int_json(v: i64) -> Value {
+    if v.unsigned_abs() >= 1 << 53 {
+        json!(v.to_string())
+    } else {
+        json!(v)
+    }
+}
+
+impl Describer<'_> {
+    fn bump(&mut self) -> Result<()> {
+        self.nodes += 1;
+        if self.nodes > self.opts.max_nodes {
+            return Err(Error::Unsupported {
+                what: format!(
+                    "the object tree expands to more than {} nodes when written out (shared structure)",
+                    self.opts.max_nodes
+                ),
+                location: "data.pkl".into(),
+                hint: "raise DescribeOptions::max_nodes if the file is trusted".into(),
+            });
+        }
+        Ok(())
+    }
+
+    fn items(&mut self, xs: &[Object]) -> Result<Vec<Value>> {
+        xs.iter().map(|x| self.node(x)).collect()
+    }
+
+    fn pairs(&mut self, xs: &[(Object, Object)]) -> Result<Vec<Value>> {
+        xs.iter()
+            .map(|(k, v)| Ok(json!([self.node(k)?, self.node(v)?])))
+            .collect()
+    }
+
+    fn node(&mut self, o: &Object) -> Result<Value> {
+        self.bump()?;
+        Ok(match o {
+            Object::None => json!({"type": "none"}),
+            Object::Bool(b) => json!({"type": "bool", "value": b}),
+            Object::Int(i) => json!({"type": "int", "value": int_json(*i)}),
+            Object::BigInt(s) => json!({"type": "int", "value": s.to_string()}),
+            Object::Float(f) => json!({"type": "float", "value": float_json(*f)}),
+            Object::Complex(re, im) => {
+                json!({"type": "complex", "value": [float_json(*re), float_json(*im)]})
+            }
+            Object::Str(s) => json!({"type": "str", "value": s.to_string()}),
+            Object::Bytes(b) => json!({"type": "bytes", "hex": hex(b)}),
+            Object::ByteArray(b) => json!({"type": "bytearray", "hex": hex(b)}),
+            Object::Tuple(xs) => json!({"type": "tuple", "items": self.items(xs)?}),
+            Object::List(xs) => json!({"type": "list", "items": self.items(xs)?}),
+            Object::Set(xs) => json!({"type": "set", "items": self.items(xs)?}),
+            Object::FrozenSet(xs) => json!({"type": "frozenset", "items": self.items(xs)?}),
+            Object::Dict(xs) => json!({"type": "dict", "items": self.pairs(xs)?}),
+            Object::OrderedDict(d) => {
+                let mut m = Map::new();
+                m.insert("type".into(), json!("ordered_dict"));
+                m.insert("items".into(), json!(self.pairs(&d.items)?));
+                if let Some(md) = &d.metadata {
+                    m.insert("metadata".into(), self.node(md)?);
+                }
+                Value::Object(m)
+            }
+            Object::Tensor(t) => self.tensor(t)?,
+            Object::QTensor(q) => self.qtensor(q)?,
+            Object::SparseTensor(s) => self.sparse(s)?,
+            Object::Storage(i) => {
+                self.used[*i] = true;
+                let s = &self.ckpt.storages[*i];
+                json!({"type": "storage", "storage": i, "dtype": s.dtype.name(), "nbytes": s.nbytes,
+                       "device": self.bytes.storage_device(*i)})
+            }
+            Object::Size(s) => json!({"type": "size", "value": s.to_vec()}),
+            Object::Dtype(d) => json!({"type": "dtype", "value": d.name()}),
+            Object::Device(d) => json!({"type": "device", "value": d.to_string()}),
+            Object::Named(n) => json!({"type": "constant", "value": n.to_string()}),
+            Object::Global(g) => json!({"type": "class", "value": g.to_string()}),
+            Object::Opaque(op) => {
+                let mut m = Map::new();
+                m.insert("type".into(), json!("object"));
+                m.insert("class".into(), json!(op.class));
+                if let Some(sd) = crate::modules::module_state_dict(o) {
+                    m.insert("state_dict".into(), self.state_dict(&sd)?);
+                }
+                Value::Object(m)
+            }
+            Object::ScriptModule(sm) => {
+                let mut m = Map::new();
+                m.insert("type".into(), json!("script_module"));
+                m.insert("class".into(), json!(sm.class));
+                m.insert("state_dict".into(), self.state_dict(&sm.state_dict)?);
+                Value::Object(m)
+            }
+            Object::Cycle => json!({"type": "cycle"}),
+        })
+    }
+
+    fn state_dict(&mut self, sd: &[(String, Object)]) -> Result<Value> {
+        let mut items = Vec::with_capacity(sd.len());
+        for (k, v) in sd {
+            self.bump()?;
+            items.push(json!([{"type": "str", "value": k}, self.node(v)?]));
+        }
+        Ok(json!({"type": "ordered_dict", "items": items}))
+    }
+
+    fn tensor(&mut self, t: &Tensor) -> Result<Value> {
+        let mut m = Map::new();
+        m.insert(
+            "type".into(),
+            json!(if t.is_parameter { "parameter" } else { "tensor" }),
+        );
+        m.insert("dtype".into(), json!(t.dtype.name()));
+        m.insert("shape".into(), json!(t.shape));
+        m.insert("stride".into(), json!(t.stride));
+        m.insert("storage_offset".into(), json!(t.storage_offset));
+        m.insert("requires_grad".into(), json!(t.requires_grad));
+        match t.storage {
+            None => {
+                m.insert(
+                    "device".into(),
+                    json!(t.device.clone().unwrap_or_else(|| "meta".into())),
+                );
+            }
+            Some(si) => {
+                self.used[si] = true;
+                m.insert("device".into(), json!(self.bytes.storage_device(si)));
+                m.insert("storage".into(), json!(si));
+                let bytes = self.bytes.storage_bytes(si)?;
+                let (sha, values) = tensor_digest(t, &bytes, self.opts.max_values);
+                m.insert("sha256".into(), json!(sha));
+                if let Some(v) = values {
+                    m.insert("values".into(), v);
+                }
+            }
+        }
+        Ok(Value::Object(m))
+    }
+
+    fn qtensor(&mut self, q: &crate::model::QTensor) -> Result<Value> {
+        let t = &q.int_repr;
+        let si = t.storage.unwrap_or(0);
+        self.used[si] = true;
+        let bytes = self.bytes.storage_bytes(si)?;
+        let (sha, _) = tensor_digest(t, &bytes, 0);
+        let ints = tensor_elements_i64(t, &bytes);
+        let scales = match &q.scales {
+            Some(s) => {
+                let b = self.bytes.storage_bytes(s.storage.unwrap_or(0))?;
+                tensor_elements_f64(s, &b)
+            }
+            None => Vec::new(),
+        };
+        let zps = match &q.zero_points {
+            Some(z) => {
+                let b = self.bytes.storage_bytes(z.storage.unwrap_or(0))?;
+                tensor_elements_i64(z, &b)
+            }
+            None => Vec::new(),
+        };
+        let mut deq = Vec::new();
+        if t.numel() <= self.opts.max_values {
+            let axis = q.axis.unwrap_or(0).max(0) as usize;
+            for (flat, &v) in ints.iter().enumerate() {
+                let (scale, zp) = match (q.scale, q.zero_point) {
+                    (Some(s), Some(z)) => (s, z),
+                    _ => {
+                        let ch = channel_of(flat, &t.shape, axis);
+                        (
+                            scales.get(ch).copied().unwrap_or(1.0),
+                            zps.get(ch).copied().unwrap_or(0),
+                        )
+                    }
+                };
+                // torch dequantizes in float32.
+                let x = ((v - zp) as f32) * (scale as f32);
+                deq.push(float_json(x as f64));
+            }
+        }
+        let mut m = Map::new();
+        m.insert("type".into(), json!("qtensor"));
+        m.insert("dtype".into(), json!(t.dtype.name()));
+        m.insert("shape".into(), json!(t.shape));
+        m.insert("qscheme".into(), json!(q.qscheme));
+        m.insert("int_repr_sha256".into(), json!(sha));
+        m.insert("device".into(), json!(self.bytes.storage_device(si)));
+        if t.numel() <= self.opts.max_values {
+            m.insert("dequant_values".into(), json!(deq));
+        }
+        Ok(Value::Object(m))
+    }
+
+    fn sparse(&mut self, s: &crate::model::SparseTensor) -> Result<Value> {
+        let dense = crate::sparse::to_dense(s, self.ckpt, self.bytes)?;
+        let mut m = Map::new();
+        m.insert("type".into(), json!("sparse_tensor"));
+        m.insert("layout".into(), json!(s.layout));
+        m.insert(
+            "dtype".into(),
+            json!(s.parts.last().map(|t| t.dtype.name()).unwrap_or("float32")),
+        );
+        m.insert("shape".into(), json!(s.shape));
+        m.insert("dense_sha256".into(), json!(hex(&Sha256::digest(&dense))));
+        for p in &s.parts {
+            if let Some(i) = p.storage {
+                self.used[i] = true;
+            }
+        }
+        Ok(Value::Object(m))
+    }
+}
+
+fn channel_of(flat: usize, shape: &[i64], axis: usize) -> usize {
+    let mut rem = flat;
+    let mut ch = 0;
+    for (d, &s) in shape.iter().enumerate().rev() {
+        let s = s.max(1) as usize;
+        if d == axis {
+            ch = rem % s;
+        }
+        rem /= s;
+    }
+    ch
+}
+
+/// Calls `f` with the byte offset (in the storage) of each element of `t`, row-major.
+/// Offsets were validated against the storage when the checkpoint was opened.
+pub fn for_each_element(t: &Tensor, mut f: impl FnMut(usize)) {
+    let es = t.dtype.element_size();
+    let n = t.numel();
+    if n == 0 {
+        return;
+    }
+    let nd = t.shape.len();
+    let mut idx = vec![0i64; nd];
+    let mut off = t.storage_offset;
+    loop {
+        f(off as usize * es);
+        // Advance the multi-index (last dimension fastest).
+        let mut d = nd;
+        loop {
+            if d == 0 {
+                return;
+            }
+            d -= 1;
+            idx[d] += 1;
+            off += t.stride[d];
+            if idx[d] < t.shape[d] {
+                break;
+            }
+            off -= t.stride[d] * t.shape[d];
+            idx[d] = 0;
+        }
+    }
+}
+
+/// sha256 of the tensor's elements in row-major order (little-endian), and its values when it
+/// has at most `max_values` elements.
+pub fn tensor_digest(t: &Tensor, bytes: &[u8], max_values: u64) -> (String, Option<Value>) {
+    let es = t.dtype.element_size();
+    let mut h = Sha256::new();
+    let n = t.numel();
+    if t.is_contiguous() {
+        let start = t.storage_offset as usize * es;
+        let end = start + n as usize * es;
+        if let Some(b) = bytes.get(start..end) {
+            h.update(b);
+        }
+    } else {
+        let mut buf = Vec::with_capacity(64 * 1024);
+        for_each_element(t, |o| {
+            if let Some(b) = bytes.get(o..o + es) {
+                buf.extend_from_slice(b);
+            }
+            if buf.len() >= 64 * 1024 {
+                h.update(&buf);
+                buf.clear();
+            }
+        });
+        h.update(&buf);
+    }
+    let sha = hex(&h.finalize());
+    if n > max_values {
+        return (sha, None);
+    }
+    let mut vals = Vec::with_capacity(n as usize);
+    let mut ok = true;
+    for_each_element(t, |o| match bytes.get(o..o + es) {
+        Some(b) => match element_json(t.dtype, b) {
+            Some(v) => vals.push(v),
+            None => ok = false,
+        },
+        None => ok = false,
+    });
+    (sha, Some(if ok { Value::Array(vals) } else { Value::Null }))
+}
+
+fn f16(b: &[u8]) -> f64 {
+    half::f16::from_le_bytes([b[0], b[1]]).to_f64()
+}
+
+fn bf16(b: &[u8]) -> f64 {
+    half::bf16::from_le_bytes([b[0], b[1]]).to_f64()
+}
+
+fn part(p: Part, b: &[u8]) -> f64 {
+    match p {
+        Part::F16 => f16(b),
+        Part::BF16 => bf16(b),
+        Part::F32 => f32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f64,
+        Part::F64 => {
+            let mut a = [0u8; 8];
+            a.copy_from_slice(&b[..8]);
+            f64::from_le_bytes(a)
+        }
+    }
+}
+
+/// One element (little-endian bytes) as a description value; None where torch gives no
+/// Python value (uint64, packed and bit types).
+pub fn element_json(dtype: DType, b: &[u8]) -> Option<Value> {
+    let es = dtype.element_size();
+    Some(match dtype.kind() {
+        Kind::Float => match es {
+            2 => float_json(f16(b)),
+            4 => float_json(part(Part::F32, b)),
+            _ => float_json(part(Part::F64, b)),
+        },
+        Kind::BFloat => float_json(bf16(b)),
+        Kind::Float8(f) => float_json(float8_to_f64(f, b[0])),
+        Kind::Bool => json!(b[0] != 0),
+        Kind::Int | Kind::Quantized if es <= 8 => {
+            let mut a = [0u8; 8];
+            a[..es].copy_from_slice(&b[..es]);
+            let shift = 64 - 8 * es as u32;
+            json!((i64::from_le_bytes(a) << shift) >> shift)
+        }
+        Kind::UInt if es < 8 => {
+            let mut a = [0u8; 8];
+            a[..es].copy_from_slice(&b[..es]);
+            json!(u64::from_le_bytes(a))
+        }
+        Kind::Complex(p) => {
+            let h = es / 2;
+            json!([float_json(part(p, &b[..h])), float_json(part(p, &b[h..]))])
+        }
+        _ => return None,
+    })
+}
+
+fn tensor_elements_i64(t: &Tensor, bytes: &[u8]) -> Vec<i64> {
+    let es = t.dtype.element_size();
+    let mut v = Vec::new();
+    let unsigned = t.dtype.name().starts_with("qu") || t.dtype.kind() == Kind::UInt;
+    for_each_element(t, |o| {
+        if let Some(b) = bytes.get(o..o + es) {
+            let mut a = [0u8; 8];
+            a[..es].copy_from_slice(b);
+            let x = if unsigned {
+                i64::from_le_bytes(a)
+            } else {
+                let shift = 64 - 8 * es as u32;
+                (i64::from_le_bytes(a) << shift) >> shift
+            };
+            v.push(x);
+        }
+    });
+    v
+}
+
+fn tensor_elements_f64(t: &Tensor, bytes: &[u8]) -> Vec<f64> {
+    let es = t.dtype.element_size();
+    let mut v = Vec::new();
+    for_each_element(t, |o| {
+        if let Some(b) = bytes.get(o..o + es) {
+            if let Some(Value::Number(n)) = element_json(t.dtype, b) {
+                v.push(n.as_f64().unwrap_or(0.0));
+            }
+        }
+    });
+    v
+}
+
+/// The elements of `t` as f64 (for dense conversions); non-numeric dtypes give 0.
+pub fn elements_f64(t: &Tensor, bytes: &[u8]) -> Vec<f64> {
+    tensor_elements_f64(t, bytes)
+}
+
+/// The elements of `t` as i64 (index tensors).
+pub fn elements_i64(t: &Tensor, bytes: &[u8]) -> Vec<i64> {
+    tensor_elements_i64(t, bytes)
+}
+
+/// The human summary printed by `ptfile inspect`.
+pub fn human(ckpt: &Checkpoint) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "format: {}  pickle protocol: {}  byte order: {}",
+        ckpt.format.name(),
+        ckpt.protocol,
+        match ckpt.byteorder {
+            crate::ByteOrder::Little => "little",
+            crate::ByteOrder::Big => "big",
+        }
+    );
+    if !ckpt.info.prefix.is_empty() {
+        let _ = writeln!(
+            s,
+            "archive: folder {:?}, version {}, format_version {}, storage_alignment {}",
+            ckpt.info.prefix,
+            ckpt.info.version.as_deref().unwrap_or("-"),
+            ckpt.info.format_version.as_deref().unwrap_or("-"),
+            ckpt.info.storage_alignment.as_deref().unwrap_or("-"),
+        );
+    }
+    let tensors = ckpt.root.tensors(1_000_000);
+    let width = tensors.iter().map(|(k, _)| k.len()).max().unwrap_or(0).min(60);
+    for (k, t) in &tensors {
+        let loc = match t.storage {
+            Some(i) => ckpt.storages[i].location.clone(),
+            None => t.device.clone().unwrap_or_else(|| "meta".into()),
+        };
+        let bytes = t.numel() * t.dtype.element_size() as u64;
+        let _ = writeln!(
+            s,
+            "  {:width$}  {:<14} {:<18} {:<8} {:>10}{}",
+            if k.is_empty() { "<root>" } else { k },
+            t.dtype.name(),
+            format!("{:?}", t.shape),
+            loc,
+            human_bytes(bytes),
+            if t.is_parameter { "  (parameter)" } else { "" },
+            width = width
+        );
+    }
+    let mut by_loc: Vec<(String, u64, usize)> = Vec::new();
+    for st in &ckpt.storages {
+        match by_loc.iter_mut().find(|(l, _, _)| *l == st.location) {
+            Some(e) => {
+                e.1 += st.nbytes;
+                e.2 += 1;
+            }
+            None => by_loc.push((st.location.clone(), st.nbytes, 1)),
+        }
+    }
+    let _ = writeln!(
+        s,
+        "{} tensors, {} storages, {} of storage data",
+        tensors.len(),
+        ckpt.storages.len(),
+        human_bytes(ckpt.total_storage_bytes())
+    );
+    for (l, b, n) in by_loc {
+        let _ = writeln!(s, "  {l}: {n} storages, {}", human_bytes(b));
+    }
+    s
+}
+
+/// `1.5 MiB`-style sizes.
+pub fn human_bytes(b: u64) -> String {
+    const U: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = b as f64;
+    let mut i = 0;
+    while v >= 1024.0 && i < U.len() - 1 {
+        v /= 1024.0;
+        i += 1;
+    }
+    if i == 0 {
+        format!("{b} B")
+    } else {
+        format!("{v:.1} {}", U[i])
+    }
+}

@@ -1,0 +1,111 @@
+//! One error type for the library: each variant says what failed, where, and what to do.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong reading, loading or writing a checkpoint.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The file could not be opened or read (CLI exit code 2).
+    #[error("cannot read {path}: {source}")]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The container (zip, legacy stream, tar) is damaged or not a checkpoint.
+    #[error("{what} (at {location}); {hint}")]
+    Format {
+        /// What is wrong.
+        what: String,
+        /// Where: a record name, byte offset, ...
+        location: String,
+        /// What the user can do.
+        hint: &'static str,
+    },
+    /// The pickle is malformed or exceeds a limit.
+    #[error("{record}: {source}; the file is damaged or not a PyTorch checkpoint")]
+    Pickle {
+        /// Which pickle (record name).
+        record: String,
+        /// The pickle error, with its byte offset.
+        source: crate::pickle::PickleError,
+    },
+    /// The checkpoint names something only an attack would: refused, nothing was run.
+    #[error("refusing {record}: it references {global} at pickle byte offset {offset}, which could execute code when loaded; nothing was run. Do not load this file with torch.load(weights_only=False)")]
+    Unsafe {
+        /// The global (`os.system`).
+        global: String,
+        /// Which pickle.
+        record: String,
+        /// Byte offset of the opcode.
+        offset: u64,
+    },
+    /// The checkpoint is well-formed but its contents are inconsistent (a view past its
+    /// storage, a missing record).
+    #[error("{what} (at {location}); the file is damaged or was not written by torch.save")]
+    Invalid {
+        /// What is wrong.
+        what: String,
+        /// Where: tensor key path, storage key, ...
+        location: String,
+    },
+    /// Valid but not supported by this version of ptfile.
+    #[error("unsupported: {what} (at {location}); {hint}")]
+    Unsupported {
+        /// What.
+        what: String,
+        /// Where.
+        location: String,
+        /// What to do.
+        hint: String,
+    },
+    /// A storage could not be put where it was asked to go, in strict mode or without a fallback.
+    #[error("{0}")]
+    Device(String),
+    /// A usage error of the API or CLI (bad map_location, unknown device name) (exit code 2).
+    #[error("{0}")]
+    Usage(String),
+    /// Writing a checkpoint failed.
+    #[error("cannot write {path}: {what}")]
+    Write {
+        /// The output path.
+        path: PathBuf,
+        /// What failed.
+        what: String,
+    },
+}
+
+impl Error {
+    /// The CLI exit code for this error: 2 for an unreadable path or a usage error, 1 for an
+    /// invalid, unsafe or unsupported checkpoint.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Error::Io { .. } | Error::Usage(_) => 2,
+            _ => 1,
+        }
+    }
+
+    pub(crate) fn invalid(what: impl Into<String>, location: impl Into<String>) -> Error {
+        Error::Invalid {
+            what: what.into(),
+            location: location.into(),
+        }
+    }
+
+    pub(crate) fn format(
+        what: impl Into<String>,
+        location: impl Into<String>,
+        hint: &'static str,
+    ) -> Error {
+        Error::Format {
+            what: what.into(),
+            location: location.into(),
+            hint,
+        }
+    }
+}
+
+/// Result alias.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,940 @@
+//! The torch layer: interprets a parsed pickle ([`crate::pickle::Pickle`]) as torch's
+//! unpickler would, without calling anything. Globals resolve against torch's own rebuild
+//! functions and types; unknown classes stay opaque; attack globals refuse the file.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use crate::dtype::DType;
+use crate::error::{Error, Result};
+use crate::model::{Object, Opaque, OrderedDict, QTensor, SparseTensor, Storage, Tensor};
+use crate::pickle::{bigint_to_decimal, Call, CallKind, Node, NodeId, Pickle};
+use crate::safety;
+
+/// The storages of a checkpoint, deduplicated by record.
+#[derive(Debug, Default, Clone)]
+pub struct StorageTable {
+    /// Storages in first-encounter order.
+    pub storages: Vec<Storage>,
+    by_record: HashMap<String, usize>,
+}
+
+impl StorageTable {
+    /// Index of the storage for `record`, adding it when new.
+    pub fn intern(&mut self, record: String, make: impl FnOnce() -> Storage) -> usize {
+        if let Some(&i) = self.by_record.get(&record) {
+            return i;
+        }
+        let i = self.storages.len();
+        self.storages.push(make());
+        self.by_record.insert(record, i);
+        i
+    }
+    /// Index of the storage of `record`, if known.
+    pub fn get(&self, record: &str) -> Option<usize> {
+        self.by_record.get(record).copied()
+    }
+    /// Record names with their storage index.
+    pub fn records(&self) -> impl Iterator<Item = (&str, usize)> {
+        self.by_record.iter().map(|(k, v)| (k.as_str(), *v))
+    }
+}
+
+/// Turns a persistent id into an object (usually [`Object::Storage`]). Containers differ:
+/// zip files name `data/<key>` records, legacy files list storages after the pickle.
+pub trait PersistentLoad {
+    /// Interprets one persistent id (already converted to objects).
+    fn load(&mut self, pid: &Object, table: &mut StorageTable, at: &str) -> Result<Object>;
+}
+
+/// The persistent ids of `torch.save` zip files and TorchScript archives:
+/// `('storage', StorageClass, key, location, numel)`, data in `<dir>/<key>`.
+pub struct ZipPersistentLoad {
+    /// Record folder: `data` (data.pkl) or `constants` (TorchScript constants.pkl).
+    pub dir: &'static str,
+}
+
+/// Parses the storage class of a persistent id: a typed storage gives its dtype, an untyped
+/// one None.
+pub fn storage_class_dtype(cls: &Object, at: &str) -> Result<Option<DType>> {
+    let name = match cls {
+        Object::Global(g) => g.to_string(),
+        Object::Str(s) => s.to_string(),
+        other => {
+            return Err(Error::invalid(
+                format!("storage type in persistent id is a {}", type_name(other)),
+                at,
+            ))
+        }
+    };
+    let short = name.rsplit('.').next().unwrap_or(&name);
+    if short == "UntypedStorage" || short == "TypedStorage" {
+        return Ok(None);
+    }
+    if let Some(d) = DType::from_storage_class(short) {
+        if !d.is_shell() {
+            return Ok(Some(d));
+        }
+    }
+    Err(Error::invalid(
+        format!("unknown storage type {name}"),
+        at.to_string(),
+    ))
+}
+
+/// `numel * element_size`, checked.
+pub fn storage_nbytes(numel: i64, dtype: Option<DType>, at: &str) -> Result<u64> {
+    if numel < 0 {
+        return Err(Error::invalid(
+            format!("negative storage size {numel}"),
+            at,
+        ));
+    }
+    let es = dtype.map(|d| d.element_size()).unwrap_or(1) as u64;
+    (numel as u64)
+        .checked_mul(es)
+        .ok_or_else(|| Error::invalid(format!("storage size {numel} x {es} bytes overflows"), at))
+}
+
+impl PersistentLoad for ZipPersistentLoad {
+    fn load(&mut self, pid: &Object, table: &mut StorageTable, at: &str) -> Result<Object> {
+        let items = match pid {
+            Object::Tuple(t) => t.clone(),
+            other => {
+                return Err(Error::invalid(
+                    format!(
+                        "persistent id is a {}, expected ('storage', type, key, location, numel)",
+                        type_name(other)
+                    ),
+                    at,
+                ))
+            }
+        };
+        if items.len() < 5 || items[0].as_str() != Some("storage") {
+            return Err(Error::invalid(
+                format!(
+                    "persistent id has {} items, expected ('storage', type, key, location, numel)",
+                    items.len()
+                ),
+                at,
+            ));
+        }
+        let dtype = storage_class_dtype(&items[1], at)?;
+        let key = match &items[2] {
+            Object::Str(s) => s.to_string(),
+            Object::Int(i) => i.to_string(),
+            other => {
+                return Err(Error::invalid(
+                    format!("storage key is a {}", type_name(other)),
+                    at,
+                ))
+            }
+        };
+        if key.is_empty()
+            || key.contains('/')
+            || key.contains('\\')
+            || key.contains("..")
+            || key.contains('\0')
+        {
+            return Err(Error::invalid(format!("storage key {key:?} is not a plain name"), at));
+        }
+        let location = items[3]
+            .as_str()
+            .ok_or_else(|| Error::invalid("storage location is not a str", at))?
+            .to_string();
+        let numel = items[4]
+            .as_int()
+            .ok_or_else(|| Error::invalid("storage size is not an int", at))?;
+        let nbytes = storage_nbytes(numel, dtype, at)?;
+        let record = format!("{}/{}", self.dir, key);
+        let idx = table.intern(record, || Storage {
+            key,
+            dtype: dtype.unwrap_or(DType::UINT8),
+            location,
+            nbytes,
+            data: None,
+            typed: dtype.is_some(),
+        });
+        Ok(Object::Storage(idx))
+    }
+}
+
+/// Options of the interpreter.
+#[derive(Debug, Clone)]
+pub struct InterpretOptions {
+    /// Deepest nesting of containers accepted.
+    pub max_depth: usize,
+}
+
+impl Default for InterpretOptions {
+    fn default() -> Self {
+        InterpretOptions { max_depth: 512 }
+    }
+}
+
+/// Scans every global of a pickle and refuses the file if one may only serve an attack.
+pub fn check_globals(p: &Pickle, record: &str) -> Result<()> {
+    for n in p.nodes() {
+        match n {
+            Node::Global {
+                module,
+                name,
+                offset,
+            } if safety::denied(module, name) => {
+                return Err(Error::Unsafe {
+                    global: format!("{module}.{name}"),
+                    record: record.to_string(),
+                    offset: *offset,
+                });
+            }
+            Node::Ext { code, offset } => {
+                return Err(Error::Unsafe {
+                    global: format!("copyreg extension code {code} (EXT opcode)"),
+                    record: record.to_string(),
+                    offset: *offset,
+                });
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Interprets `pickle` (from `record`) into an object tree, adding storages to `table`.
+pub fn interpret(
+    pickle: &Pickle,
+    record: &str,
+    pl: &mut dyn PersistentLoad,
+    table: &mut StorageTable,
+    opts: &InterpretOptions,
+) -> Result<Object> {
+    check_globals(pickle, record)?;
+    let mut it = Interp {
+        p: pickle,
+        record,
+        pl,
+        table,
+        cache: HashMap::new(),
+        in_progress: HashSet::new(),
+        path: Vec::new(),
+        max_depth: opts.max_depth,
+    };
+    it.conv(pickle.root, 0)
+}
+
+struct Interp<'a> {
+    p: &'a Pickle,
+    record: &'a str,
+    pl: &'a mut dyn PersistentLoad,
+    table: &'a mut StorageTable,
+    cache: HashMap<NodeId, Object>,
+    in_progress: HashSet<NodeId>,
+    path: Vec<String>,
+    max_depth: usize,
+}
+
+/// A Python-ish name for an object's type, for messages.
+pub fn type_name(o: &Object) -> &'static str {
+    match o {
+        Object::None => "None",
+        Object::Bool(_) => "bool",
+        Object::Int(_) | Object::BigInt(_) => "int",
+        Object::Float(_) => "float",
+        Object::Complex(..) => "complex",
+        Object::Str(_) => "str",
+        Object::Bytes(_) => "bytes",
+        Object::ByteArray(_) => "bytearray",
+        Object::Tuple(_) => "tuple",
+        Object::List(_) => "list",
+        Object::Set(_) => "set",
+        Object::FrozenSet(_) => "frozenset",
+        Object::Dict(_) => "dict",
+        Object::OrderedDict(_) => "OrderedDict",
+        Object::Tensor(_) => "tensor",
+        Object::QTensor(_) => "quantized tensor",
+        Object::SparseTensor(_) => "sparse tensor",
+        Object::Storage(_) => "storage",
+        Object::Size(_) => "torch.Size",
+        Object::Dtype(_) => "dtype",
+        Object::Device(_) => "device",
+        Object::Named(_) => "constant",
+        Object::Global(_) => "class",
+        Object::Opaque(_) => "object",
+        Object::ScriptModule(_) => "script module",
+        Object::Cycle => "cyclic reference",
+    }
+}
+
+impl Interp<'_> {
+    fn at(&self) -> String {
+        let mut s = self.record.to_string();
+        if !self.path.is_empty() {
+            s.push_str(", key ");
+            s.push_str(&self.path.join("."));
+        }
+        s
+    }
+
+    fn invalid(&self, what: impl Into<String>) -> Error {
+        Error::invalid(what, self.at())
+    }
+
+    fn conv_all(&mut self, ids: &[NodeId], depth: usize) -> Result<Vec<Object>> {
+        let mut v = Vec::with_capacity(ids.len());
+        for (i, &id) in ids.iter().enumerate() {
+            self.path.push(i.to_string());
+            let r = self.conv(id, depth + 1);
+            self.path.pop();
+            v.push(r?);
+        }
+        Ok(v)
+    }
+
+    fn conv_pairs(&mut self, pairs: &[(NodeId, NodeId)], depth: usize) -> Result<Vec<(Object, Object)>> {
+        let mut v = Vec::with_capacity(pairs.len());
+        for &(k, val) in pairs {
+            let k = self.conv(k, depth + 1)?;
+            self.path.push(crate::model::key_text(&k));
+            let r = self.conv(val, depth + 1);
+            self.path.pop();
+            v.push((k, r?));
+        }
+        Ok(v)
+    }
+
+    fn conv(&mut self, id: NodeId, depth: usize) -> Result<Object> {
+        if depth > self.max_depth {
+            return Err(self.invalid(format!(
+                "objects nested deeper than {} levels",
+                self.max_depth
+            )));
+        }
+        let node = self.p.node(id);
+        match node {
+            Node::None => return Ok(Object::None),
+            Node::Bool(b) => return Ok(Object::Bool(*b)),
+            Node::Int(i) => return Ok(Object::Int(*i)),
+            Node::Float(f) => return Ok(Object::Float(*f)),
+            _ => {}
+        }
+        if let Some(o) = self.cache.get(&id) {
+            return Ok(o.clone());
+        }
+        if !self.in_progress.insert(id) {
+            return Ok(Object::Cycle);
+        }
+        let r = self.conv_uncached(node, depth);
+        self.in_progress.remove(&id);
+        let o = r?;
+        self.cache.insert(id, o.clone());
+        Ok(o)
+    }
+
+    fn conv_uncached(&mut self, node: &Node, depth: usize) -> Result<Object> {
+        Ok(match node {
+            Node::None => Object::None,
+            Node::Bool(b) => Object::Bool(*b),
+            Node::Int(i) => Object::Int(*i),
+            Node::Float(f) => Object::Float(*f),
+            Node::BigInt(b) => Object::BigInt(bigint_to_decimal(b).into()),
+            Node::Str(s) => Object::Str(Arc::from(&**s)),
+            // Python 3 decodes py2 str with encoding='utf-8' by default (torch.load).
+            Node::ByteStr(b) => Object::Str(String::from_utf8_lossy(b).into()),
+            Node::Bytes(b) => Object::Bytes(Arc::from(&**b)),
+            Node::ByteArray(b) => Object::ByteArray(Arc::from(&**b)),
+            Node::Tuple(xs) => Object::Tuple(self.conv_all(xs, depth)?.into()),
+            Node::List(xs) => Object::List(self.conv_all(xs, depth)?.into()),
+            Node::Set(xs) => Object::Set(self.conv_all(xs, depth)?.into()),
+            Node::FrozenSet(xs) => Object::FrozenSet(self.conv_all(xs, depth)?.into()),
+            Node::Dict(pairs) => Object::Dict(self.conv_pairs(pairs, depth)?.into()),
+            Node::Global { module, name, .. } => global_value(module, name),
+            Node::PersId(pid) => {
+                let pid = self.conv(*pid, depth + 1)?;
+                let at = self.at();
+                self.pl.load(&pid, self.table, &at)?
+            }
+            Node::Ext { code, offset } => {
+                return Err(Error::Unsafe {
+                    global: format!("copyreg extension code {code} (EXT opcode)"),
+                    record: self.record.to_string(),
+                    offset: *offset,
+                })
+            }
+            Node::Call(call) => self.call(call, depth)?,
+        })
+    }
+
+    fn global_name(&self, id: NodeId) -> Option<(String, String)> {
+        match self.p.node(id) {
+            Node::Global { module, name, .. } => Some((
+                safety::canonical_module(module).to_string(),
+                name.to_string(),
+            )),
+            _ => None,
+        }
+    }
+
+    fn args(&mut self, call: &Call, depth: usize) -> Result<Vec<Object>> {
+        match self.p.node(call.args) {
+            Node::Tuple(xs) => {
+                let xs = xs.clone();
+                self.conv_all(&xs, depth)
+            }
+            Node::List(xs) => {
+                let xs = xs.clone();
+                self.conv_all(&xs, depth)
+            }
+            other => Err(self.invalid(format!(
+                "call arguments are a {}, not a tuple",
+                crate::pickle::kind_name(other)
+            ))),
+        }
+    }
+
+    fn call(&mut self, call: &Call, depth: usize) -> Result<Object> {
+        let Some((module, name)) = self.global_name(call.callable) else {
+            // Calling something that is not a global (a value built earlier): keep it opaque.
+            return self.opaque("<call>".to_string(), call, depth);
+        };
+        let qual = format!("{module}.{name}");
+        let simple_reduce = call.kind == CallKind::Reduce;
+        match (module.as_str(), name.as_str()) {
+            ("torch._utils", "_rebuild_tensor_v2")
+            | ("torch._utils", "_rebuild_tensor_v3")
+            | ("torch._utils", "_rebuild_tensor") => {
+                let args = self.args(call, depth)?;
+                let t = self.rebuild_tensor(&name, &args)?;
+                let t = self.apply_tensor_state(t, call, depth)?;
+                Ok(Object::Tensor(Arc::new(t)))
+            }
+            ("torch._utils", "_rebuild_parameter")
+            | ("torch._utils", "_rebuild_parameter_with_state") => {
+                let args = self.args(call, depth)?;
+                if args.len() < 3 {
+                    return Err(self.invalid(format!("{name} needs 3 arguments, got {}", args.len())));
+                }
+                let mut t = match &args[0] {
+                    Object::Tensor(t) => (**t).clone(),
+                    other => {
+                        return Err(self.invalid(format!(
+                            "{name} of a {}, expected a tensor",
+                            type_name(other)
+                        )))
+                    }
+                };
+                t.is_parameter = true;
+                t.requires_grad = self.bool_arg(&args[1], "requires_grad")?;
+                Ok(Object::Tensor(Arc::new(t)))
+            }
+            ("torch._utils", "_rebuild_meta_tensor_no_storage") => {
+                let args = self.args(call, depth)?;
+                if args.len() < 4 {
+                    return Err(self.invalid(format!(
+                        "_rebuild_meta_tensor_no_storage needs 4 arguments, got {}",
+                        args.len()
+                    )));
+                }
+                let dtype = match &args[0] {
+                    Object::Dtype(d) => *d,
+                    _ => return Err(self.invalid("meta tensor dtype is not a dtype")),
+                };
+                let shape = self.int_list(&args[1], "size")?;
+                let stride = self.int_list(&args[2], "stride")?;
+                self.check_shape(&shape, &stride)?;
+                Ok(Object::Tensor(Arc::new(Tensor {
+                    dtype,
+                    shape,
+                    stride,
+                    storage_offset: 0,
+                    requires_grad: self.bool_arg(&args[3], "requires_grad")?,
+                    is_parameter: false,
+                    storage: None,
+                    device: Some("meta".into()),
+                    metadata: None,
+                })))
+            }
+            ("torch._utils", "_rebuild_qtensor") => {
+                let args = self.args(call, depth)?;
+                self.rebuild_qtensor(&args)
+            }
+            ("torch._utils", "_rebuild_sparse_tensor") => {
+                let args = self.args(call, depth)?;
+                self.rebuild_sparse(&args)
+            }
+            ("torch._tensor", "_rebuild_from_type_v2") | ("torch._utils", "_rebuild_from_type_v2") => {
+                // (func, new_type, args, state): rebuild with func(*args); the subclass and
+                // its Python attributes are kept only as far as Parameter goes.
+                let (func, ty, inner) = match self.p.node(call.args) {
+                    Node::Tuple(xs) if xs.len() >= 3 => (xs[0], xs[1], xs[2]),
+                    _ => return Err(self.invalid("_rebuild_from_type_v2 needs (func, type, args, state)")),
+                };
+                let inner_call = Call {
+                    kind: CallKind::Reduce,
+                    callable: func,
+                    args: inner,
+                    kwargs: None,
+                    states: Vec::new(),
+                    items: Vec::new(),
+                    appends: Vec::new(),
+                };
+                let o = self.call(&inner_call, depth + 1)?;
+                let is_param = matches!(self.global_name(ty), Some((m, n)) if m == "torch.nn.parameter" && n == "Parameter");
+                match (o, is_param) {
+                    (Object::Tensor(t), true) => {
+                        let mut t = (*t).clone();
+                        t.is_parameter = true;
+                        Ok(Object::Tensor(Arc::new(t)))
+                    }
+                    (o, _) => Ok(o),
+                }
+            }
+            ("collections", "OrderedDict") => {
+                let args = self.args(call, depth)?;
+                let mut items = Vec::new();
+                if let Some(first) = args.first() {
+                    items.extend(self.pairs_from(first)?);
+                }
+                items.extend(self.conv_pairs(&call.items, depth)?);
+                let mut metadata = None;
+                for &s in &call.states {
+                    let st = self.conv(s, depth + 1)?;
+                    if let Some(m) = st.get("_metadata") {
+                        metadata = Some(m.clone());
+                    }
+                }
+                Ok(Object::OrderedDict(Arc::new(OrderedDict { items, metadata })))
+            }
+            ("torch", "Size") if simple_reduce => {
+                let args = self.args(call, depth)?;
+                let dims = match args.first() {
+                    Some(a) => self.int_list(a, "torch.Size")?,
+                    None => Vec::new(),
+                };
+                Ok(Object::Size(dims.into()))
+            }
+            ("torch", "device") if simple_reduce => {
+                let args = self.args(call, depth)?;
+                let ty = args
+                    .first()
+                    .and_then(|a| a.as_str())
+                    .ok_or_else(|| self.invalid("torch.device needs a str"))?;
+                let s = match args.get(1).and_then(|a| a.as_int()) {
+                    Some(i) => format!("{ty}:{i}"),
+                    None => ty.to_string(),
+                };
+                Ok(Object::Device(s.into()))
+            }
+            ("builtins", "set") | ("builtins", "frozenset") if simple_reduce => {
+                let args = self.args(call, depth)?;
+                let items: Vec<Object> = match args.first() {
+                    Some(Object::List(x)) | Some(Object::Tuple(x)) | Some(Object::Set(x)) | Some(Object::FrozenSet(x)) => x.to_vec(),
+                    None => Vec::new(),
+                    Some(o) => return Err(self.invalid(format!("{name}() of a {}", type_name(o)))),
+                };
+                Ok(if name == "set" {
+                    Object::Set(items.into())
+                } else {
+                    Object::FrozenSet(items.into())
+                })
+            }
+            ("builtins", "complex") if simple_reduce => {
+                let args = self.args(call, depth)?;
+                let num = |o: Option<&Object>| match o {
+                    Some(Object::Float(f)) => Some(*f),
+                    Some(Object::Int(i)) => Some(*i as f64),
+                    Some(Object::Bool(b)) => Some(*b as i64 as f64),
+                    None => Some(0.0),
+                    _ => None,
+                };
+                match (num(args.first()), num(args.get(1))) {
+                    (Some(re), Some(im)) => Ok(Object::Complex(re, im)),
+                    _ => Err(self.invalid("complex() of non-numbers")),
+                }
+            }
+            ("builtins", "bytearray") | ("builtins", "bytes") if simple_reduce => {
+                let args = self.args(call, depth)?;
+                let b = match args.first() {
+                    None => Vec::new(),
+                    Some(Object::Bytes(b)) | Some(Object::ByteArray(b)) => b.to_vec(),
+                    Some(Object::Str(s)) => latin1(s).ok_or_else(|| self.invalid("bytearray() of a str with characters past U+00FF"))?,
+                    Some(Object::List(xs)) => xs
+                        .iter()
+                        .map(|x| x.as_int().and_then(|v| u8::try_from(v).ok()))
+                        .collect::<Option<Vec<u8>>>()
+                        .ok_or_else(|| self.invalid("bytearray() of a list with non-byte items"))?,
+                    Some(o) => return Err(self.invalid(format!("bytearray() of a {}", type_name(o)))),
+                };
+                Ok(if name == "bytes" {
+                    Object::Bytes(b.into())
+                } else {
+                    Object::ByteArray(b.into())
+                })
+            }
+            ("_codecs", "encode") if simple_reduce => {
+                let args = self.args(call, depth)?;
+                let s = args
+                    .first()
+                    .and_then(|a| a.as_str())
+                    .ok_or_else(|| self.invalid("_codecs.encode needs a str"))?;
+                let enc = args.get(1).and_then(|a| a.as_str()).unwrap_or("utf-8");
+                let b = match enc.to_ascii_lowercase().replace('_', "-").as_str() {
+                    "latin1" | "latin-1" | "iso-8859-1" | "iso8859-1" => {
+                        latin1(s).ok_or_else(|| self.invalid("latin1 text with characters past U+00FF"))?
+                    }
+                    "utf-8" | "utf8" => s.as_bytes().to_vec(),
+                    "ascii" => {
+                        if !s.is_ascii() {
+                            return Err(self.invalid("ascii text with non-ASCII characters"));
+                        }
+                        s.as_bytes().to_vec()
+                    }
+                    other => return Err(self.invalid(format!("_codecs.encode with unsupported encoding {other:?}"))),
+                };
+                Ok(Object::Bytes(b.into()))
+            }
+            ("torch.serialization", "_get_layout") if simple_reduce => {
+                let args = self.args(call, depth)?;
+                let s = args
+                    .first()
+                    .and_then(|a| a.as_str())
+                    .ok_or_else(|| self.invalid("_get_layout needs a str"))?;
+                Ok(Object::Named(s.into()))
+            }
+            ("torch.jit._pickle", "restore_type_tag") => {
+                let args = self.args(call, depth)?;
+                Ok(args.into_iter().next().unwrap_or(Object::None))
+            }
+            ("torch.jit._pickle", n) if n.starts_with("build_") => {
+                let args = self.args(call, depth)?;
+                Ok(args.into_iter().next().unwrap_or(Object::None))
+            }
+            _ => self.opaque(qual, call, depth),
+        }
+    }
+
+    fn opaque(&mut self, class: String, call: &Call, depth: usize) -> Result<Object> {
+        let args = self.args(call, depth)?;
+        // copyreg._reconstructor(cls, base, state) and __newobj__ carry the real class first.
+        let (class, args) = match (class.as_str(), args.first()) {
+            ("copyreg._reconstructor", Some(Object::Global(c))) => (c.to_string(), args[1..].to_vec()),
+            ("copyreg.__newobj__", Some(Object::Global(c))) => (c.to_string(), args[1..].to_vec()),
+            _ => (class, args),
+        };
+        let kwargs = match call.kwargs {
+            Some(k) => Some(self.conv(k, depth + 1)?),
+            None => None,
+        };
+        let mut state = None;
+        for &s in &call.states {
+            state = Some(self.conv(s, depth + 1)?);
+        }
+        let items = self.conv_pairs(&call.items, depth)?;
+        let appends = self.conv_all(&call.appends, depth)?;
+        Ok(Object::Opaque(Arc::new(Opaque {
+            class,
+            args,
+            kwargs,
+            state,
+            items,
+            appends,
+        })))
+    }
+
+    fn pairs_from(&self, o: &Object) -> Result<Vec<(Object, Object)>> {
+        match o {
+            Object::List(xs) | Object::Tuple(xs) => xs
+                .iter()
+                .map(|x| match x.as_seq() {
+                    Some([k, v]) => Ok((k.clone(), v.clone())),
+                    _ => Err(self.invalid("OrderedDict item is not a (key, value) pair")),
+                })
+                .collect(),
+            Object::Dict(d) => Ok(d.to_vec()),
+            Object::OrderedDict(d) => Ok(d.items.clone()),
+            other => Err(self.invalid(format!("OrderedDict() of a {}", type_name(other)))),
+        }
+    }
+
+    fn bool_arg(&self, o: &Object, what: &str) -> Result<bool> {
+        match o {
+            Object::Bool(b) => Ok(*b),
+            Object::Int(i) => Ok(*i != 0),
+            Object::None => Ok(false),
+            other => Err(self.invalid(format!("{what} is a {}, expected a bool", type_name(other)))),
+        }
+    }
+
+    fn int_list(&self, o: &Object, what: &str) -> Result<Vec<i64>> {
+        let xs: &[Object] = match o {
+            Object::Tuple(x) | Object::List(x) => x,
+            Object::Size(s) => return Ok(s.to_vec()),
+            other => return Err(self.invalid(format!("{what} is a {}, expected a tuple of ints", type_name(other)))),
+        };
+        if xs.len() > 64 {
+            return Err(self.invalid(format!("{what} has {} dimensions (more than 64)", xs.len())));
+        }
+        xs.iter()
+            .map(|x| {
+                x.as_int()
+                    .ok_or_else(|| self.invalid(format!("{what} holds a {}, expected ints", type_name(x))))
+            })
+            .collect()
+    }
+
+    fn check_shape(&self, shape: &[i64], stride: &[i64]) -> Result<()> {
+        if shape.len() != stride.len() {
+            return Err(self.invalid(format!(
+                "tensor has {} sizes but {} strides",
+                shape.len(),
+                stride.len()
+            )));
+        }
+        let mut numel: u64 = 1;
+        for (&s, &st) in shape.iter().zip(stride) {
+            if s < 0 {
+                return Err(self.invalid(format!("negative size {s} in shape {shape:?}")));
+            }
+            if st < 0 {
+                return Err(self.invalid(format!("negative stride {st} in strides {stride:?}")));
+            }
+            numel = numel
+                .checked_mul(s as u64)
+                .filter(|&n| n <= i64::MAX as u64)
+                .ok_or_else(|| self.invalid(format!("shape {shape:?} has more than 2^63 elements")))?;
+        }
+        Ok(())
+    }
+
+    /// Checks a view (offset, shape, stride) lies within a storage of `n_elems` elements.
+    fn check_view(&self, shape: &[i64], stride: &[i64], offset: i64, n_elems: u64, key: &str) -> Result<()> {
+        self.check_shape(shape, stride)?;
+        if offset < 0 {
+            return Err(self.invalid(format!("negative storage offset {offset}")));
+        }
+        if shape.contains(&0) {
+            return Ok(());
+        }
+        let mut last: u64 = offset as u64;
+        for (&s, &st) in shape.iter().zip(stride) {
+            let span = ((s - 1) as u64).checked_mul(st as u64);
+            last = span
+                .and_then(|sp| last.checked_add(sp))
+                .ok_or_else(|| self.invalid(format!("view of shape {shape:?} and strides {stride:?} overflows")))?;
+        }
+        if last >= n_elems {
+            return Err(self.invalid(format!(
+                "tensor view (offset {offset}, shape {shape:?}, strides {stride:?}) reaches element {last} of storage {key:?}, which has {n_elems} elements"
+            )));
+        }
+        Ok(())
+    }
+
+    fn rebuild_tensor(&mut self, fname: &str, args: &[Object]) -> Result<Tensor> {
+        let need = match fname {
+            "_rebuild_tensor" => 4,
+            "_rebuild_tensor_v2" => 6,
+            _ => 7,
+        };
+        if args.len() < need {
+            return Err(self.invalid(format!("{fname} needs {need} arguments, got {}", args.len())));
+        }
+        let sidx = match &args[0] {
+            Object::Storage(i) => *i,
+            other => {
+                return Err(self.invalid(format!(
+                    "{fname} of a {}, expected a storage",
+                    type_name(other)
+                )))
+            }
+        };
+        let storage_offset = args[1]
+            .as_int()
+            .ok_or_else(|| self.invalid("storage offset is not an int"))?;
+        let shape = self.int_list(&args[2], "size")?;
+        let stride = self.int_list(&args[3], "stride")?;
+        let requires_grad = if need >= 6 { self.bool_arg(&args[4], "requires_grad")? } else { false };
+        let st = self.table.storages[sidx].clone();
+        let dtype = if fname == "_rebuild_tensor_v3" {
+            match &args[6] {
+                Object::Dtype(d) => *d,
+                other => return Err(self.invalid(format!("_rebuild_tensor_v3 dtype is a {}", type_name(other)))),
+            }
+        } else {
+            st.dtype
+        };
+        if dtype.is_shell() {
+            return Err(self.invalid(format!("tensor of shell dtype {dtype} cannot hold data")));
+        }
+        if st.typed && st.dtype != dtype && st.dtype.element_size() != dtype.element_size() {
+            return Err(self.invalid(format!(
+                "tensor of dtype {dtype} views storage {:?} of dtype {}",
+                st.key, st.dtype
+            )));
+        }
+        let n_elems = st.nbytes / dtype.element_size() as u64;
+        self.check_view(&shape, &stride, storage_offset, n_elems, &st.key)?;
+        if !st.typed {
+            // Untyped storages take their element type from the first tensor viewing them.
+            let s = &mut self.table.storages[sidx];
+            s.dtype = dtype;
+            s.typed = true;
+        }
+        let metadata = match args.get(need) {
+            Some(Object::None) | None => None,
+            Some(m) => Some(m.clone()),
+        };
+        Ok(Tensor {
+            dtype,
+            shape,
+            stride,
+            storage_offset,
+            requires_grad,
+            is_parameter: false,
+            storage: Some(sidx),
+            device: None,
+            metadata,
+        })
+    }
+
+    /// BUILD on a tensor (old files set requires_grad and hooks that way).
+    fn apply_tensor_state(&mut self, mut t: Tensor, call: &Call, depth: usize) -> Result<Tensor> {
+        for &s in &call.states {
+            if let Object::Tuple(xs) = self.conv(s, depth + 1)? {
+                if let Some(Object::Bool(rg)) = xs.get(1) {
+                    t.requires_grad = *rg;
+                }
+            }
+        }
+        Ok(t)
+    }
+
+    fn rebuild_qtensor(&mut self, args: &[Object]) -> Result<Object> {
+        if args.len() < 5 {
+            return Err(self.invalid(format!("_rebuild_qtensor needs 7 arguments, got {}", args.len())));
+        }
+        let sidx = match &args[0] {
+            Object::Storage(i) => *i,
+            o => return Err(self.invalid(format!("_rebuild_qtensor of a {}", type_name(o)))),
+        };
+        let storage_offset = args[1].as_int().ok_or_else(|| self.invalid("storage offset is not an int"))?;
+        let shape = self.int_list(&args[2], "size")?;
+        let stride = self.int_list(&args[3], "stride")?;
+        let st = self.table.storages[sidx].clone();
+        let n_elems = st.nbytes / st.dtype.element_size() as u64;
+        self.check_view(&shape, &stride, storage_offset, n_elems, &st.key)?;
+        let params = args[4]
+            .as_seq()
+            .ok_or_else(|| self.invalid("quantizer parameters are not a tuple"))?;
+        let qscheme = match params.first() {
+            Some(Object::Named(n)) => n.to_string(),
+            Some(Object::Global(g)) => g.to_string(),
+            _ => return Err(self.invalid("quantizer parameters do not start with a qscheme")),
+        };
+        let mut q = QTensor {
+            int_repr: Tensor {
+                dtype: st.dtype,
+                shape,
+                stride,
+                storage_offset,
+                requires_grad: false,
+                is_parameter: false,
+                storage: Some(sidx),
+                device: None,
+                metadata: None,
+            },
+            qscheme: qscheme.clone(),
+            scale: None,
+            zero_point: None,
+            scales: None,
+            zero_points: None,
+            axis: None,
+        };
+        let num = |o: Option<&Object>| match o {
+            Some(Object::Float(f)) => Some(*f),
+            Some(Object::Int(i)) => Some(*i as f64),
+            _ => None,
+        };
+        if qscheme.ends_with("per_tensor_affine") || qscheme.ends_with("per_tensor_symmetric") {
+            q.scale = num(params.get(1));
+            q.zero_point = params.get(2).and_then(|z| z.as_int());
+            if q.scale.is_none() || q.zero_point.is_none() {
+                return Err(self.invalid("per-tensor quantizer needs (qscheme, scale, zero_point)"));
+            }
+        } else if qscheme.contains("per_channel") {
+            q.scales = params.get(1).and_then(|t| t.as_tensor()).cloned();
+            q.zero_points = params.get(2).and_then(|t| t.as_tensor()).cloned();
+            q.axis = params.get(3).and_then(|a| a.as_int());
+            if q.scales.is_none() || q.zero_points.is_none() || q.axis.is_none() {
+                return Err(self.invalid("per-channel quantizer needs (qscheme, scales, zero_points, axis)"));
+            }
+        } else {
+            return Err(Error::Unsupported {
+                what: format!("quantization scheme {qscheme}"),
+                location: self.at(),
+                hint: "per-tensor and per-channel affine tensors are supported".into(),
+            });
+        }
+        Ok(Object::QTensor(Arc::new(q)))
+    }
+
+    fn rebuild_sparse(&mut self, args: &[Object]) -> Result<Object> {
+        let layout = match args.first() {
+            Some(Object::Named(n)) => n.to_string(),
+            Some(Object::Global(g)) => g.to_string(),
+            _ => return Err(self.invalid("_rebuild_sparse_tensor needs a layout")),
+        };
+        let data = args
+            .get(1)
+            .and_then(|d| d.as_seq())
+            .ok_or_else(|| self.invalid("_rebuild_sparse_tensor data is not a tuple"))?;
+        let tensors: Vec<Arc<Tensor>> = data.iter().filter_map(|x| x.as_tensor().cloned()).collect();
+        let shape_obj = if layout.ends_with("sparse_coo") { data.get(2) } else { data.get(3) };
+        let shape = match shape_obj {
+            Some(o) => self.int_list(o, "sparse size")?,
+            None => return Err(self.invalid("_rebuild_sparse_tensor data has no size")),
+        };
+        let need = if layout.ends_with("sparse_coo") { 2 } else { 3 };
+        if tensors.len() < need {
+            return Err(self.invalid(format!("{layout} tensor needs {need} component tensors")));
+        }
+        Ok(Object::SparseTensor(Arc::new(SparseTensor {
+            layout,
+            shape,
+            parts: tensors,
+        })))
+    }
+}
+
+fn latin1(s: &str) -> Option<Vec<u8>> {
+    s.chars().map(|c| u8::try_from(c as u32).ok()).collect()
+}
+
+/// What a global means when used as a value (not called).
+fn global_value(module: &str, name: &str) -> Object {
+    let module = safety::canonical_module(module);
+    if module == "torch" {
+        if let Some(d) = DType::from_name(name) {
+            return Object::Dtype(d);
+        }
+        if matches!(
+            name,
+            "per_tensor_affine"
+                | "per_channel_affine"
+                | "per_tensor_symmetric"
+                | "per_channel_symmetric"
+                | "per_channel_affine_float_qparams"
+                | "sparse_coo"
+                | "sparse_csr"
+                | "sparse_csc"
+                | "sparse_bsr"
+                | "sparse_bsc"
+                | "strided"
+                | "contiguous_format"
+                | "channels_last"
+                | "preserve_format"
+        ) {
+            return Object::Named(format!("torch.{name}").into());
+        }
+    }
+    Object::Global(format!("{module}.{name}").into())
+}

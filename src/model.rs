@@ -1,0 +1,315 @@
+//! The torch data model: the object tree a checkpoint holds, with tensors as views over
+//! storages. Storages are listed once in [`crate::Checkpoint::storages`]; tensors refer to
+//! them by index, so tensors that share a storage share one buffer.
+
+use std::sync::Arc;
+
+use crate::dtype::DType;
+
+/// A value of the checkpoint's object tree. Cloning is cheap (shared subtrees).
+#[derive(Debug, Clone)]
+pub enum Object {
+    /// `None`.
+    None,
+    /// A bool.
+    Bool(bool),
+    /// An int that fits in i64.
+    Int(i64),
+    /// A larger int, as a decimal string.
+    BigInt(Arc<str>),
+    /// A float.
+    Float(f64),
+    /// `complex(re, im)`.
+    Complex(f64, f64),
+    /// A str.
+    Str(Arc<str>),
+    /// `bytes`.
+    Bytes(Arc<[u8]>),
+    /// `bytearray`.
+    ByteArray(Arc<[u8]>),
+    /// A tuple.
+    Tuple(Arc<[Object]>),
+    /// A list.
+    List(Arc<[Object]>),
+    /// A set.
+    Set(Arc<[Object]>),
+    /// A frozenset.
+    FrozenSet(Arc<[Object]>),
+    /// A dict.
+    Dict(Arc<[(Object, Object)]>),
+    /// A `collections.OrderedDict`, with its `_metadata` attribute when set (state dicts).
+    OrderedDict(Arc<OrderedDict>),
+    /// A dense tensor or parameter.
+    Tensor(Arc<Tensor>),
+    /// A quantized tensor.
+    QTensor(Arc<QTensor>),
+    /// A sparse tensor.
+    SparseTensor(Arc<SparseTensor>),
+    /// A bare storage (`torch.save(storage)`): an index into the storages.
+    Storage(usize),
+    /// `torch.Size`.
+    Size(Arc<[i64]>),
+    /// A dtype global (`torch.bfloat16`).
+    Dtype(DType),
+    /// `torch.device`.
+    Device(Arc<str>),
+    /// A named torch constant that is data (`torch.per_tensor_affine`, `torch.sparse_coo`).
+    Named(Arc<str>),
+    /// A class or function referenced as a value (never called): `module.name`.
+    Global(Arc<str>),
+    /// An instance of a class ptfile does not interpret (a pickled `nn.Module`, a user's
+    /// class): kept as data, never executed.
+    Opaque(Arc<Opaque>),
+    /// A TorchScript module (issue: other formats), with its state dict.
+    ScriptModule(Arc<ScriptModule>),
+    /// A reference back to a container that is still being built (a cyclic structure).
+    Cycle,
+}
+
+/// An OrderedDict.
+#[derive(Debug, Clone, Default)]
+pub struct OrderedDict {
+    /// Items in order.
+    pub items: Vec<(Object, Object)>,
+    /// The `_metadata` attribute (state dicts carry per-module versions there).
+    pub metadata: Option<Object>,
+}
+
+/// An object of a class ptfile keeps opaque.
+#[derive(Debug, Clone)]
+pub struct Opaque {
+    /// `module.QualName` of the class (or of the function that would have built it).
+    pub class: String,
+    /// Arguments it would have been built with.
+    pub args: Vec<Object>,
+    /// Keyword arguments (NEWOBJ_EX).
+    pub kwargs: Option<Object>,
+    /// The state BUILD would have set (usually the instance `__dict__`).
+    pub state: Option<Object>,
+    /// Items SETITEMS added (dict subclasses).
+    pub items: Vec<(Object, Object)>,
+    /// Items APPENDS added (list subclasses).
+    pub appends: Vec<Object>,
+}
+
+impl Opaque {
+    /// Looks up `key` in the state dict (BUILD state that is a dict, or a `(dict, slots)` pair).
+    pub fn attr(&self, key: &str) -> Option<&Object> {
+        let state = self.state.as_ref()?;
+        let dict = match state {
+            Object::Tuple(t) if t.len() == 2 => &t[0],
+            s => s,
+        };
+        dict.get(key)
+    }
+}
+
+/// A dense tensor: a view (offset, shape, stride, in elements) over a storage.
+#[derive(Debug, Clone)]
+pub struct Tensor {
+    /// Element type.
+    pub dtype: DType,
+    /// Sizes.
+    pub shape: Vec<i64>,
+    /// Strides in elements.
+    pub stride: Vec<i64>,
+    /// Offset of the first element in the storage, in elements.
+    pub storage_offset: i64,
+    /// requires_grad.
+    pub requires_grad: bool,
+    /// Whether it is an `nn.Parameter`.
+    pub is_parameter: bool,
+    /// Index into the checkpoint's storages; None for tensors without storage (`meta`).
+    pub storage: Option<usize>,
+    /// Device for tensors without a storage (`meta`); tensors with one live where it does.
+    pub device: Option<String>,
+    /// Metadata torch attaches (`{'conj': True}`, `{'neg': True}`), when present.
+    pub metadata: Option<Object>,
+}
+
+impl Tensor {
+    /// Number of elements (product of the shape). Validated not to overflow at open time.
+    pub fn numel(&self) -> u64 {
+        self.shape.iter().map(|&s| s.max(0) as u64).product()
+    }
+    /// Whether the elements are laid out row-major without gaps.
+    pub fn is_contiguous(&self) -> bool {
+        let mut expect = 1i64;
+        for (s, st) in self.shape.iter().zip(&self.stride).rev() {
+            if *s != 1 && *st != expect {
+                return false;
+            }
+            expect = expect.saturating_mul(*s);
+        }
+        true
+    }
+}
+
+/// A quantized tensor (`_rebuild_qtensor`).
+#[derive(Debug, Clone)]
+pub struct QTensor {
+    /// The integer representation, as a dense tensor of the quantized dtype.
+    pub int_repr: Tensor,
+    /// `torch.per_tensor_affine`, `torch.per_channel_affine`, ...
+    pub qscheme: String,
+    /// Per-tensor scale.
+    pub scale: Option<f64>,
+    /// Per-tensor zero point.
+    pub zero_point: Option<i64>,
+    /// Per-channel scales (float64 tensor).
+    pub scales: Option<Arc<Tensor>>,
+    /// Per-channel zero points (int64 tensor).
+    pub zero_points: Option<Arc<Tensor>>,
+    /// Per-channel axis.
+    pub axis: Option<i64>,
+}
+
+/// A sparse tensor (`_rebuild_sparse_tensor`).
+#[derive(Debug, Clone)]
+pub struct SparseTensor {
+    /// `torch.sparse_coo`, `torch.sparse_csr`, ...
+    pub layout: String,
+    /// The dense shape.
+    pub shape: Vec<i64>,
+    /// The component tensors: COO (indices, values); compressed (compressed, plain, values).
+    pub parts: Vec<Arc<Tensor>>,
+}
+
+/// A TorchScript module: its class and its state dict by dotted name.
+#[derive(Debug, Clone)]
+pub struct ScriptModule {
+    /// The module's class (`__torch__.MyModule`).
+    pub class: String,
+    /// Parameters and buffers by dotted name, as `torch.jit.load(f).state_dict()` gives them.
+    pub state_dict: Vec<(String, Object)>,
+}
+
+/// A storage: one record of raw bytes that tensors view.
+#[derive(Debug, Clone)]
+pub struct Storage {
+    /// The key (`"0"`; in legacy files the saved pointer-like key).
+    pub key: String,
+    /// The dtype of its elements (for untyped storages, the dtype of the first tensor viewing
+    /// it, else uint8).
+    pub dtype: DType,
+    /// The location tag saved in the file (`cpu`, `cuda:0`, `ipu`).
+    pub location: String,
+    /// Size in bytes.
+    pub nbytes: u64,
+    /// Where its bytes are in the file: (offset, length); set by the container reader.
+    pub data: Option<(u64, u64)>,
+    /// Whether the file named a typed storage class (else dtype came from a tensor).
+    pub typed: bool,
+}
+
+impl Object {
+    /// For dicts and OrderedDicts with str keys: the value under `key`.
+    pub fn get(&self, key: &str) -> Option<&Object> {
+        let items: &[(Object, Object)] = match self {
+            Object::Dict(d) => d,
+            Object::OrderedDict(d) => &d.items,
+            _ => return None,
+        };
+        items
+            .iter()
+            .find(|(k, _)| matches!(k, Object::Str(s) if &**s == key))
+            .map(|(_, v)| v)
+    }
+    /// The str, if this is one.
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            Object::Str(s) => Some(s),
+            _ => None,
+        }
+    }
+    /// The int, if this is one (bools count, as in Python).
+    pub fn as_int(&self) -> Option<i64> {
+        match self {
+            Object::Int(i) => Some(*i),
+            Object::Bool(b) => Some(*b as i64),
+            _ => None,
+        }
+    }
+    /// The tensor, if this is one.
+    pub fn as_tensor(&self) -> Option<&Arc<Tensor>> {
+        match self {
+            Object::Tensor(t) => Some(t),
+            _ => None,
+        }
+    }
+    /// Items of a tuple or list.
+    pub fn as_seq(&self) -> Option<&[Object]> {
+        match self {
+            Object::Tuple(t) | Object::List(t) => Some(t),
+            _ => None,
+        }
+    }
+    /// Every tensor in the tree with its key path (`model.layer.weight`, `[2]`), in order.
+    /// Shared subtrees are visited once per path; the walk is bounded by `max_items`.
+    pub fn tensors(&self, max_items: usize) -> Vec<(String, Arc<Tensor>)> {
+        let mut out = Vec::new();
+        let mut stack: Vec<(String, &Object)> = vec![(String::new(), self)];
+        let mut visited = 0usize;
+        while let Some((path, o)) = stack.pop() {
+            visited += 1;
+            if visited > max_items {
+                break;
+            }
+            let join = |k: &str| {
+                if path.is_empty() {
+                    k.to_string()
+                } else {
+                    format!("{path}.{k}")
+                }
+            };
+            let mut children: Vec<(String, &Object)> = Vec::new();
+            match o {
+                Object::Tensor(t) => out.push((path.clone(), t.clone())),
+                Object::Dict(d) => {
+                    for (k, v) in d.iter() {
+                        children.push((join(&key_text(k)), v));
+                    }
+                }
+                Object::OrderedDict(d) => {
+                    for (k, v) in d.items.iter() {
+                        children.push((join(&key_text(k)), v));
+                    }
+                }
+                Object::Tuple(xs) | Object::List(xs) => {
+                    for (i, v) in xs.iter().enumerate() {
+                        children.push((join(&i.to_string()), v));
+                    }
+                }
+                Object::ScriptModule(m) => {
+                    for (k, v) in &m.state_dict {
+                        children.push((join(k), v));
+                    }
+                }
+                Object::Opaque(op) => {
+                    if let Some(s) = &op.state {
+                        children.push((path.clone(), s));
+                    }
+                }
+                _ => {}
+            }
+            stack.extend(children.into_iter().rev());
+        }
+        out
+    }
+}
+
+/// How a dict key prints in a key path.
+pub fn key_text(k: &Object) -> String {
+    match k {
+        Object::Str(s) => s.to_string(),
+        Object::Int(i) => i.to_string(),
+        Object::Bool(b) => if *b { "True" } else { "False" }.into(),
+        Object::None => "None".into(),
+        Object::Float(f) => f.to_string(),
+        Object::Tuple(t) => format!(
+            "({})",
+            t.iter().map(key_text).collect::<Vec<_>>().join(", ")
+        ),
+        _ => "<key>".into(),
+    }
+}

@@ -1,0 +1,98 @@
+//! The one place ptfile maps a file into memory. Everything else borrows slices of a
+//! [`Source`].
+
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::error::{Error, Result};
+
+/// The bytes of a checkpoint: a read-only memory map of a file, or owned bytes.
+/// Cloning is cheap (shared).
+#[derive(Clone)]
+pub struct Source(Arc<Backing>);
+
+enum Backing {
+    Map(memmap2::Mmap),
+    Owned(Vec<u8>),
+}
+
+impl std::fmt::Debug for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kind = match &*self.0 {
+            Backing::Map(_) => "mmap",
+            Backing::Owned(_) => "owned",
+        };
+        write!(f, "Source({kind}, {} bytes)", self.len())
+    }
+}
+
+impl Source {
+    /// Maps `path` read-only.
+    pub fn open(path: &Path) -> Result<Source> {
+        let io = |source| Error::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let file = std::fs::File::open(path).map_err(io)?;
+        let meta = file.metadata().map_err(io)?;
+        if meta.is_dir() {
+            return Err(io(std::io::Error::other("is a directory")));
+        }
+        if meta.len() == 0 {
+            return Ok(Source::from_vec(Vec::new()));
+        }
+        // SAFETY: the map is read-only and private to this process. The invariant memmap2
+        // needs is that no one truncates or rewrites the file while it is mapped; like every
+        // mmap-based loader (torch's mmap=True, safetensors) we document that checkpoints must
+        // not be modified while open. Every access is bounds-checked against `len()`.
+        let map = unsafe { memmap2::MmapOptions::new().map(&file) }.map_err(io)?;
+        #[cfg(unix)]
+        {
+            let _ = map.advise(memmap2::Advice::WillNeed);
+        }
+        Ok(Source(Arc::new(Backing::Map(map))))
+    }
+
+    /// Wraps owned bytes.
+    pub fn from_vec(v: Vec<u8>) -> Source {
+        Source(Arc::new(Backing::Owned(v)))
+    }
+
+    /// All bytes.
+    pub fn bytes(&self) -> &[u8] {
+        match &*self.0 {
+            Backing::Map(m) => m,
+            Backing::Owned(v) => v,
+        }
+    }
+
+    /// Length in bytes.
+    pub fn len(&self) -> usize {
+        self.bytes().len()
+    }
+
+    /// Whether the source is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// `bytes()[start..start+len]`, or None when out of range (checked arithmetic).
+    pub fn slice(&self, start: u64, len: u64) -> Option<&[u8]> {
+        let end = start.checked_add(len)?;
+        if end > self.len() as u64 {
+            return None;
+        }
+        Some(&self.bytes()[start as usize..end as usize])
+    }
+
+    /// Whether the bytes come from a memory map.
+    pub fn is_mapped(&self) -> bool {
+        matches!(&*self.0, Backing::Map(_))
+    }
+}
+
+impl AsRef<[u8]> for Source {
+    fn as_ref(&self) -> &[u8] {
+        self.bytes()
+    }
+}

@@ -1,0 +1,116 @@
+//! Sparse tensors: the dense equivalent (for descriptions and conversion), computed with
+//! bounds-checked indices.
+
+use crate::checkpoint::Checkpoint;
+use crate::describe::{elements_i64, StorageBytes};
+use crate::error::{Error, Result};
+use crate::model::SparseTensor;
+
+/// Largest dense equivalent built, in bytes.
+const MAX_DENSE: u64 = 1 << 30;
+
+/// The dense equivalent of `s` as little-endian bytes (row-major).
+pub fn to_dense(s: &SparseTensor, ckpt: &Checkpoint, bytes: &dyn StorageBytes) -> Result<Vec<u8>> {
+    let _ = ckpt;
+    let values = s
+        .parts
+        .last()
+        .ok_or_else(|| Error::invalid("sparse tensor without values", &s.layout))?;
+    let es = values.dtype.element_size();
+    let numel: u64 = s.shape.iter().map(|&d| d.max(0) as u64).product();
+    let total = numel
+        .checked_mul(es as u64)
+        .filter(|&t| t <= MAX_DENSE)
+        .ok_or_else(|| Error::Unsupported {
+            what: format!("dense equivalent of sparse tensor of shape {:?} is too large", s.shape),
+            location: s.layout.clone(),
+            hint: "read its component tensors instead".into(),
+        })?;
+    let mut dense = vec![0u8; total as usize];
+    let vb = bytes.storage_bytes(values.storage.unwrap_or(0))?;
+    // Each value's bytes, row-major over the values tensor.
+    let mut vals: Vec<&[u8]> = Vec::new();
+    let mut offs = Vec::new();
+    crate::describe::for_each_element(values, |o| offs.push(o));
+    for o in offs {
+        vals.push(vb.get(o..o + es).unwrap_or(&[]));
+    }
+    let bad = || Error::invalid("sparse index out of range", s.layout.clone());
+    let strides: Vec<u64> = {
+        let mut st = vec![1u64; s.shape.len()];
+        for d in (0..s.shape.len().saturating_sub(1)).rev() {
+            st[d] = st[d + 1] * s.shape[d + 1].max(0) as u64;
+        }
+        st
+    };
+    let mut put = |flat_elem: u64, block: usize, acc: bool| -> Result<()> {
+        let v = vals.get(block).ok_or_else(bad)?;
+        let o = (flat_elem * es as u64) as usize;
+        let dst = dense.get_mut(o..o + es).ok_or_else(bad)?;
+        if acc && values.dtype.kind() == crate::dtype::Kind::Float && es == 4 {
+            let a = f32::from_le_bytes([dst[0], dst[1], dst[2], dst[3]]);
+            let b = f32::from_le_bytes([v[0], v[1], v[2], v[3]]);
+            dst.copy_from_slice(&(a + b).to_le_bytes());
+        } else {
+            dst.copy_from_slice(v);
+        }
+        Ok(())
+    };
+    let layout = s.layout.trim_start_matches("torch.");
+    match layout {
+        "sparse_coo" => {
+            let idx_t = &s.parts[0];
+            let ib = bytes.storage_bytes(idx_t.storage.unwrap_or(0))?;
+            let idx = elements_i64(idx_t, &ib);
+            let ndim = idx_t.shape.first().copied().unwrap_or(0).max(0) as usize;
+            let nnz = idx_t.shape.get(1).copied().unwrap_or(0).max(0) as usize;
+            if ndim > s.shape.len() {
+                return Err(bad());
+            }
+            let dense_block = vals.len() / nnz.max(1);
+            for j in 0..nnz {
+                let mut flat = 0u64;
+                for d in 0..ndim {
+                    let i = *idx.get(d * nnz + j).ok_or_else(bad)?;
+                    if i < 0 || i >= s.shape[d] {
+                        return Err(bad());
+                    }
+                    flat += i as u64 * strides[d];
+                }
+                for k in 0..dense_block {
+                    put(flat + k as u64, j * dense_block + k, true)?;
+                }
+            }
+        }
+        "sparse_csr" | "sparse_csc" if s.shape.len() == 2 => {
+            let (ct, pt) = (&s.parts[0], &s.parts[1]);
+            let cb = bytes.storage_bytes(ct.storage.unwrap_or(0))?;
+            let pb = bytes.storage_bytes(pt.storage.unwrap_or(0))?;
+            let comp = elements_i64(ct, &cb);
+            let plain = elements_i64(pt, &pb);
+            let csr = layout == "sparse_csr";
+            for r in 0..comp.len().saturating_sub(1) {
+                let (a, b) = (comp[r], comp[r + 1]);
+                if a < 0 || b < a || b as usize > plain.len() {
+                    return Err(bad());
+                }
+                for k in a as usize..b as usize {
+                    let c = plain[k];
+                    let (row, col) = if csr { (r as i64, c) } else { (c, r as i64) };
+                    if row < 0 || col < 0 || row >= s.shape[0] || col >= s.shape[1] {
+                        return Err(bad());
+                    }
+                    put(row as u64 * strides[0] + col as u64, k, false)?;
+                }
+            }
+        }
+        other => {
+            return Err(Error::Unsupported {
+                what: format!("dense equivalent of {other} tensors"),
+                location: s.layout.clone(),
+                hint: "COO, CSR and CSC are supported".into(),
+            })
+        }
+    }
+    Ok(dense)
+}
