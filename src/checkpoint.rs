@@ -105,6 +105,9 @@ pub struct Checkpoint {
     pub info: ArchiveInfo,
     /// Records of a zip container (names and sizes), for listing.
     pub records: Vec<(String, u64)>,
+    /// Human-readable notes from the container reader (TorchScript code files, version
+    /// warnings), printed by `ptfile inspect`.
+    pub notes: Vec<String>,
     source: Source,
 }
 
@@ -195,6 +198,7 @@ impl Checkpoint {
             protocol,
             info,
             records,
+            notes: Vec::new(),
             source,
         })
     }

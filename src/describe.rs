@@ -216,7 +216,18 @@ impl Describer<'_> {
                 m.insert("type".into(), json!("object"));
                 m.insert("class".into(), json!(op.class));
                 if let Some(sd) = crate::modules::module_state_dict(o) {
-                    m.insert("state_dict".into(), self.state_dict(&sd)?);
+                    let mut v = self.state_dict(&sd.items)?;
+                    let md: Vec<Value> = sd
+                        .versions
+                        .iter()
+                        .map(|(k, ver)| {
+                            json!([{"type": "str", "value": k},
+                                   {"type": "dict", "items": [[{"type": "str", "value": "version"},
+                                                               {"type": "int", "value": ver}]]}])
+                        })
+                        .collect();
+                    v["metadata"] = json!({"type": "ordered_dict", "items": md});
+                    m.insert("state_dict".into(), v);
                 }
                 Value::Object(m)
             }
@@ -549,6 +560,9 @@ pub fn human(ckpt: &Checkpoint) -> String {
             ckpt.info.format_version.as_deref().unwrap_or("-"),
             ckpt.info.storage_alignment.as_deref().unwrap_or("-"),
         );
+    }
+    for n in &ckpt.notes {
+        let _ = writeln!(s, "{n}");
     }
     let tensors = ckpt.root.tensors(1_000_000);
     let width = tensors.iter().map(|(k, _)| k.len()).max().unwrap_or(0).min(60);

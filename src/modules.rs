@@ -9,11 +9,12 @@ const MAX_MODULES: usize = 100_000;
 /// For an opaque `nn.Module` (an object whose state has `_parameters`, `_buffers` and
 /// `_modules`): its state dict by dotted name, parameters and persistent buffers of each
 /// module in registration order, then its submodules'.
-pub fn module_state_dict(o: &Object) -> Option<Vec<(String, Object)>> {
+pub fn module_state_dict(o: &Object) -> Option<ModuleStateDict> {
     let Object::Opaque(op) = o else { return None };
     op.attr("_parameters")?;
     op.attr("_modules")?;
     let mut out = Vec::new();
+    let mut versions = Vec::new();
     // Explicit stack of (prefix, module), children pushed in reverse to keep order.
     let mut stack: Vec<(String, Object)> = vec![(String::new(), o.clone())];
     let mut seen = 0usize;
@@ -23,6 +24,10 @@ pub fn module_state_dict(o: &Object) -> Option<Vec<(String, Object)>> {
             break;
         }
         let Object::Opaque(op) = &m else { continue };
+        versions.push((
+            prefix.strip_suffix('.').unwrap_or(&prefix).to_string(),
+            class_version(&op.class),
+        ));
         if let Some(params) = op.attr("_parameters") {
             for (k, v) in dict_items(params) {
                 if !matches!(v, Object::None) {
@@ -56,7 +61,33 @@ pub fn module_state_dict(o: &Object) -> Option<Vec<(String, Object)>> {
             stack.extend(children.into_iter().rev());
         }
     }
-    Some(out)
+    Some(ModuleStateDict {
+        items: out,
+        versions,
+    })
+}
+
+/// A module's state dict and the `_metadata` torch attaches to it.
+#[derive(Debug, Clone)]
+pub struct ModuleStateDict {
+    /// Parameters and persistent buffers by dotted name.
+    pub items: Vec<(String, Object)>,
+    /// Each module's dotted prefix (`""` for the root) and its class `_version`.
+    pub versions: Vec<(String, i64)>,
+}
+
+/// `_version` is a class attribute, so it is not in the pickle: torch's own modules that
+/// raised it are listed here; every other module has nn.Module's 1.
+fn class_version(class: &str) -> i64 {
+    let short = class.rsplit('.').next().unwrap_or(class);
+    if class.starts_with("torch.nn.modules.batchnorm.")
+        || class.starts_with("torch.nn.modules.instancenorm.")
+        || short == "SyncBatchNorm"
+    {
+        2
+    } else {
+        1
+    }
 }
 
 fn dict_items(o: &Object) -> Vec<(String, &Object)> {
