@@ -11,9 +11,13 @@
 //!   WebGPU's 256 MiB default).
 //! * Every storage becomes a buffer with usage `STORAGE | COPY_SRC | COPY_DST`, padded to a
 //!   multiple of 4 bytes (at least 4) with zeros. Uploads go through `Queue::write_buffer` in
-//!   chunks of [`WgpuBackend::chunk_size`] bytes (16 MiB by default) with a submit per chunk,
-//!   so at most about two chunks of staging memory exist at once whatever the storage's size.
-//!   Read-backs go through one `MAP_READ` staging buffer of at most one chunk.
+//!   pieces of at most [`WgpuBackend::chunk_size`] bytes (16 MiB by default); every chunk's
+//!   worth of written bytes is submitted and the submission before it waited for, so at most
+//!   about two chunks of staging memory exist per device whatever the storages' sizes. Less
+//!   than a chunk may still be queued when `materialize` returns: wgpu runs it before any later
+//!   submission on the queue, so every reader sees the bytes ([`WgpuBackend::synchronize`]
+//!   waits for it explicitly). Read-backs go through one `MAP_READ` staging buffer of at most
+//!   one chunk.
 //! * A storage larger than the adapter's `max_buffer_size` is refused with
 //!   [`BackendError::OutOfMemory`] naming the limit; the registry then keeps it on the CPU.
 //! * wgpu errors are captured with error scopes and returned as [`BackendError`]s; panics
@@ -35,6 +39,7 @@
 //! # Ok::<(), ptfile_backend::BackendError>(())
 //! ```
 #![warn(missing_docs)]
+#![forbid(unsafe_code)]
 
 mod gpu;
 pub mod layout;
