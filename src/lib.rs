@@ -34,6 +34,7 @@ pub mod dtype;
 mod error;
 pub mod interpret;
 pub mod legacy;
+pub mod map_location;
 pub mod model;
 pub mod modules;
 pub mod pickle;
@@ -44,5 +45,6 @@ pub mod torchscript;
 
 pub use checkpoint::{ArchiveInfo, ByteOrder, Checkpoint, Format, LoadEndianness, OpenOptions};
 pub use dtype::DType;
+pub use map_location::MapLocation;
 pub use error::{Error, Result};
 pub use model::{Object, Storage, Tensor};

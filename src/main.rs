@@ -6,6 +6,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod cli;
+
 /// Read, load and write PyTorch checkpoints without Python.
 #[derive(Parser)]
 #[command(name = "ptfile", version, about)]
@@ -24,6 +26,8 @@ enum Cmd {
         /// The checkpoint file.
         file: PathBuf,
     },
+    /// Write a checkpoint in another format (zip, legacy, safetensors) or with other locations.
+    Convert(cli::convert::ConvertArgs),
 }
 
 fn main() -> ExitCode {
@@ -59,5 +63,6 @@ fn run(cli: Cli) -> ptfile::Result<()> {
             let _ = writeln!(so, "{out}");
             Ok(())
         }
+        Cmd::Convert(args) => cli::convert::run(&args),
     }
 }

@@ -1,0 +1,3 @@
+//! Subcommands of the `ptfile` binary.
+
+pub mod convert;
