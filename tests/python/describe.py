@@ -267,11 +267,14 @@ def tensor_values(t):
     """Flattened row-major values per the fixture conventions.
 
     None (JSON null) for uint64, as in the fixtures (torch can list them; the fixture writer
-    chose not to), and for the dtypes torch cannot convert (bits*, float4_e2m1fn_x2): a
-    convention of this module, not of the fixtures, which have no such tensor.
+    chose not to), and for the dtypes torch cannot convert (bits*, float4_e2m1fn_x2).
+    An empty tensor has [] whatever its dtype. Those two rules are this module's (and
+    src/describe.rs's): the fixtures have only a 3-element uint64 tensor and no bits/float4.
     """
     t = _resolved(t)
     dt = t.dtype
+    if t.numel() == 0:
+        return []
     if dt == torch.uint64:
         return None
     flat = t.reshape(-1)

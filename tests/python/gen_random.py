@@ -199,7 +199,12 @@ class Gen:
         if kind == "conj" and base.dtype.is_complex:
             return base.conj()
         if kind == "neg":
-            return base._neg_view() if hasattr(base, "_neg_view") else base
+            try:
+                v = base._neg_view()
+                v.resolve_neg()  # some dtypes cannot negate (float8_e8m0fnu, ...)
+                return v
+            except (AttributeError, RuntimeError, NotImplementedError):
+                return base
         # reshape of a contiguous base is a view too
         return base.reshape(-1) if nd > 1 else base.unsqueeze(0)
 

@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Run every test: the one command for developers and CI (.ci/run calls it).
+#
+#   1. scripts/setup-test-env.sh: .venv with torch (interop tests), lavapipe (wgpu tests)
+#   2. cargo fmt --check, then cargo clippy -D warnings over every target and feature
+#   3. cargo test over the whole workspace with the wgpu, cuda and conformance features
+#
+# The test run is last, so the output ends with cargo's own summary; the script exits with
+# the status of the first step that failed.
+#
+# Environment:
+#   PTFILE_SKIP_LINT=1   skip step 2 (a quick local run)
+#   PTFILE_TEST_ARGS     extra arguments for cargo test, e.g. "--test fixtures_check"
+#   and those of setup-test-env.sh (PTFILE_SKIP_VENV, PTFILE_SKIP_APT, ...)
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+
+step() { echo; echo "==> $*"; }
+
+FEATURES="wgpu,cuda,conformance"
+
+step "setting up the test environment"
+bash scripts/setup-test-env.sh
+
+if [ -x .venv/bin/python ] && .venv/bin/python -c "import torch" >/dev/null 2>&1; then
+    export PTFILE_PYTHON="$PWD/.venv/bin/python"
+    echo "PTFILE_PYTHON=$PTFILE_PYTHON"
+else
+    echo "note: no .venv with torch: the interop tests will skip"
+fi
+
+# A CI run builds from scratch once: incremental compilation only costs time there.
+if [ "${CI:-}" = true ]; then
+    export CARGO_INCREMENTAL=0
+fi
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+# Backtraces in test failures, without the full frame dump.
+export RUST_BACKTRACE="${RUST_BACKTRACE:-1}"
+
+echo "$(cargo --version), $(rustc --version)"
+
+if [ "${PTFILE_SKIP_LINT:-0}" != 1 ]; then
+    step "cargo fmt --all --check"
+    if ! cargo fmt --all --check; then
+        echo "error: code is not formatted: run 'cargo fmt --all'" >&2
+        exit 1
+    fi
+
+    step "cargo clippy --workspace --all-targets --features $FEATURES -- -D warnings"
+    cargo clippy --workspace --all-targets --features "$FEATURES" -- -D warnings
+fi
+
+step "cargo test --workspace --features $FEATURES"
+# shellcheck disable=SC2086  # PTFILE_TEST_ARGS is a list of words
+exec cargo test --workspace --features "$FEATURES" --no-fail-fast ${PTFILE_TEST_ARGS:-}
