@@ -26,6 +26,10 @@ enum Cmd {
         /// The checkpoint file.
         file: PathBuf,
     },
+    /// Materialize every storage on the device asked for (or as saved), with CPU fallback.
+    Load(cli::load::LoadArgs),
+    /// Time opening and loading a checkpoint.
+    Bench(cli::bench::BenchArgs),
     /// Write a checkpoint in another format (zip, legacy, safetensors) or with other locations.
     Convert(cli::convert::ConvertArgs),
 }
@@ -63,6 +67,8 @@ fn run(cli: Cli) -> ptfile::Result<()> {
             let _ = writeln!(so, "{out}");
             Ok(())
         }
+        Cmd::Load(args) => cli::load::run(&args),
+        Cmd::Bench(args) => cli::bench::run(&args),
         Cmd::Convert(args) => cli::convert::run(&args),
     }
 }

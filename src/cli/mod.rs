@@ -1,3 +1,5 @@
 //! Subcommands of the `ptfile` binary.
 
+pub mod bench;
 pub mod convert;
+pub mod load;

@@ -146,6 +146,11 @@ pub trait DeviceStorage: Send + Sync + fmt::Debug {
     fn host_bytes(&self) -> Option<&[u8]> {
         None
     }
+    /// The bytes, mutable, when the device memory is host memory and writable (torch storages
+    /// are mutable: a write through one view is seen by every view of the storage).
+    fn host_bytes_mut(&mut self) -> Option<&mut [u8]> {
+        None
+    }
     /// For downcasting to the backend's concrete type (device pointers, buffers).
     fn as_any(&self) -> &dyn Any;
 }
@@ -269,6 +274,9 @@ impl DeviceStorage for HostStorage {
     }
     fn host_bytes(&self) -> Option<&[u8]> {
         Some(&self.bytes)
+    }
+    fn host_bytes_mut(&mut self) -> Option<&mut [u8]> {
+        Some(&mut self.bytes)
     }
     fn as_any(&self) -> &dyn Any {
         self

@@ -1,0 +1,485 @@
+//! Loading: every storage of a checkpoint materialized on the device a user asks for, through
+//! the registry, with torch's `map_location` and a fallback to the CPU that is recorded in a
+//! report (or, in strict mode, refused with torch's kind of message).
+//!
+//! A [`Loader`] is the context carried into the load (like serde's `DeserializeSeed`):
+//!
+//! ```no_run
+//! use ptfile::{Loader, MapLocation};
+//!
+//! // As saved (cuda storages fall back to the CPU when no GPU is here):
+//! let loaded = Loader::new().load("model.pt")?;
+//! // Everything to the CPU:
+//! let loaded = Loader::new().map_location(MapLocation::to("cpu")).load("model.pt")?;
+//! // A table old -> new:
+//! let loaded = Loader::new()
+//!     .map_location(MapLocation::table([("cuda:1", "cuda:0")]))
+//!     .load("model.pt")?;
+//! // A function of (storage, saved location):
+//! let loaded = Loader::new()
+//!     .map_location(MapLocation::func(|s, loc| (s.nbytes < 1024).then(|| "cpu".to_string())))
+//!     .load("model.pt")?;
+//! for r in &loaded.report.storages {
+//!     println!("{} {} -> {} ({:?})", r.key, r.saved_location, r.device, r.fallback);
+//! }
+//! # Ok::<(), ptfile::Error>(())
+//! ```
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use ptfile_backend::{BackendError, DeviceStorage, StorageDesc};
+use serde_json::{json, Map, Value};
+
+use crate::checkpoint::{ByteOrder, Checkpoint, LoadEndianness, OpenOptions};
+use crate::describe::StorageBytes;
+use crate::error::{Error, Result};
+use crate::map_location::MapLocation;
+use crate::registry::{CpuBackend, Registry};
+use crate::source::Source;
+
+/// How CPU storages are held.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CpuMode {
+    /// Owned, writable copies (torch.load's default).
+    #[default]
+    Owned,
+    /// Borrowed from the read-only memory map where the bytes allow it (little-endian file),
+    /// like torch.load(mmap=True); no copy is made.
+    Mapped,
+}
+
+/// The load context.
+#[derive(Clone)]
+pub struct Loader {
+    registry: Arc<Registry>,
+    map_location: MapLocation,
+    strict: bool,
+    cpu_mode: CpuMode,
+    open: OpenOptions,
+}
+
+impl Default for Loader {
+    fn default() -> Self {
+        Loader::new()
+    }
+}
+
+/// What happened to one storage.
+#[derive(Debug, Clone)]
+pub struct StorageReport {
+    /// Its key in the file.
+    pub key: String,
+    /// The location saved in the file.
+    pub saved_location: String,
+    /// The location after map_location.
+    pub location: String,
+    /// Where it lives now.
+    pub device: String,
+    /// Its size.
+    pub nbytes: u64,
+    /// Why it is on the CPU instead of `location`, when it fell back.
+    pub fallback: Option<String>,
+}
+
+/// What a load did.
+#[derive(Debug, Clone, Default)]
+pub struct LoadReport {
+    /// One entry per storage, in the checkpoint's order.
+    pub storages: Vec<StorageReport>,
+}
+
+impl LoadReport {
+    /// Bytes by device, in first-seen order.
+    pub fn bytes_by_device(&self) -> Vec<(String, u64, usize)> {
+        let mut v: Vec<(String, u64, usize)> = Vec::new();
+        for s in &self.storages {
+            match v.iter_mut().find(|(d, _, _)| *d == s.device) {
+                Some(e) => {
+                    e.1 += s.nbytes;
+                    e.2 += 1;
+                }
+                None => v.push((s.device.clone(), s.nbytes, 1)),
+            }
+        }
+        v
+    }
+    /// The storages that fell back, with their reasons.
+    pub fn fallbacks(&self) -> impl Iterator<Item = &StorageReport> {
+        self.storages.iter().filter(|s| s.fallback.is_some())
+    }
+}
+
+/// A loaded checkpoint: the object tree (tensors refer to storages by index) with every
+/// storage on its device. Storages shared by several tensors were materialized once.
+pub struct Loaded {
+    /// The checkpoint (object tree, storage metadata).
+    pub checkpoint: Checkpoint,
+    storages: Vec<Box<dyn DeviceStorage>>,
+    /// Where each storage went and why.
+    pub report: LoadReport,
+}
+
+impl std::fmt::Debug for Loaded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Loaded")
+            .field("storages", &self.storages.len())
+            .field("report", &self.report)
+            .finish()
+    }
+}
+
+impl Loaded {
+    /// The device storage with index `i` (as in `Tensor::storage`).
+    pub fn storage(&self, i: usize) -> Option<&dyn DeviceStorage> {
+        self.storages.get(i).map(|b| &**b)
+    }
+    /// Mutable access to a storage's host bytes (CPU-owned storages): a write is seen by every
+    /// tensor that views the storage, as in torch.
+    pub fn host_bytes_mut(&mut self, i: usize) -> Option<&mut [u8]> {
+        self.storages.get_mut(i)?.host_bytes_mut()
+    }
+    /// All device storages.
+    pub fn storages(&self) -> impl Iterator<Item = &dyn DeviceStorage> {
+        self.storages.iter().map(|b| &**b)
+    }
+    /// The JSON description (fixtures' schema) with devices and sha256 read back from where
+    /// each storage now lives, plus per storage `key`, `saved_location`, `location`,
+    /// `fallback`.
+    pub fn describe(&self) -> Result<Value> {
+        crate::describe::describe_with(
+            &self.checkpoint,
+            &self.checkpoint.root,
+            self,
+            &crate::describe::DescribeOptions::default(),
+        )
+    }
+}
+
+impl StorageBytes for Loaded {
+    fn storage_bytes(&self, i: usize) -> Result<Cow<'_, [u8]>> {
+        let s = self
+            .storages
+            .get(i)
+            .ok_or_else(|| Error::Usage(format!("no storage {i}")))?;
+        if let Some(b) = s.host_bytes() {
+            return Ok(Cow::Borrowed(b));
+        }
+        let mut v = vec![0u8; s.nbytes()];
+        s.read_to_host(&mut v)
+            .map_err(|e| Error::Device(format!("reading storage {i} back from {}: {e}", s.location())))?;
+        Ok(Cow::Owned(v))
+    }
+    fn storage_device(&self, i: usize) -> String {
+        self.storages.get(i).map(|s| s.location()).unwrap_or_default()
+    }
+    fn storage_extra(&self, i: usize) -> Map<String, Value> {
+        let mut m = Map::new();
+        if let Some(r) = self.report.storages.get(i) {
+            m.insert("key".into(), json!(r.key));
+            m.insert("saved_location".into(), json!(r.saved_location));
+            m.insert("location".into(), json!(r.location));
+            m.insert("fallback".into(), json!(r.fallback));
+        }
+        m
+    }
+}
+
+/// A CPU storage borrowed from the memory-mapped file.
+#[derive(Debug)]
+pub struct MappedStorage {
+    source: Source,
+    offset: u64,
+    len: u64,
+}
+
+impl MappedStorage {
+    /// The bytes.
+    pub fn bytes(&self) -> &[u8] {
+        self.source.slice(self.offset, self.len).unwrap_or(&[])
+    }
+}
+
+impl DeviceStorage for MappedStorage {
+    fn location(&self) -> String {
+        "cpu".into()
+    }
+    fn nbytes(&self) -> usize {
+        self.len as usize
+    }
+    fn read_to_host(&self, dst: &mut [u8]) -> std::result::Result<(), BackendError> {
+        let b = self.bytes();
+        if dst.len() != b.len() {
+            return Err(BackendError::Driver {
+                device: "cpu".into(),
+                message: format!("destination has {} bytes, storage has {}", dst.len(), b.len()),
+            });
+        }
+        dst.copy_from_slice(b);
+        Ok(())
+    }
+    fn host_bytes(&self) -> Option<&[u8]> {
+        Some(self.bytes())
+    }
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}
+
+/// Bytes per batch handed to a backend when they must be byte-swapped first (bounds the
+/// host copies of a big-endian file).
+const SWAP_BATCH: u64 = 256 << 20;
+
+impl Loader {
+    /// The default registry, storages as saved, CPU fallback, owned CPU copies.
+    pub fn new() -> Loader {
+        Loader {
+            registry: Arc::new(Registry::default()),
+            map_location: MapLocation::AsSaved,
+            strict: false,
+            cpu_mode: CpuMode::Owned,
+            open: OpenOptions::default(),
+        }
+    }
+    /// Uses `registry`.
+    pub fn registry(mut self, registry: Arc<Registry>) -> Loader {
+        self.registry = registry;
+        self
+    }
+    /// Sets map_location.
+    pub fn map_location(mut self, m: MapLocation) -> Loader {
+        self.map_location = m;
+        self
+    }
+    /// Strict mode: refuse instead of falling back to the CPU (torch's behaviour).
+    pub fn strict(mut self, strict: bool) -> Loader {
+        self.strict = strict;
+        self
+    }
+    /// How CPU storages are held.
+    pub fn cpu_mode(mut self, mode: CpuMode) -> Loader {
+        self.cpu_mode = mode;
+        self
+    }
+    /// Byte order assumed for zip files without a `byteorder` record.
+    pub fn endianness(mut self, e: LoadEndianness) -> Loader {
+        self.open.endianness = e;
+        self
+    }
+    /// Options for opening (limits).
+    pub fn open_options(mut self, o: OpenOptions) -> Loader {
+        self.open = o;
+        self
+    }
+    /// The registry in use.
+    pub fn get_registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// Opens and loads a file.
+    pub fn load(&self, path: impl AsRef<Path>) -> Result<Loaded> {
+        let ckpt = Checkpoint::open_with(path, &self.open)?;
+        self.load_checkpoint(ckpt)
+    }
+
+    /// Loads an open checkpoint.
+    pub fn load_checkpoint(&self, ckpt: Checkpoint) -> Result<Loaded> {
+        self.load_with_progress(ckpt, &mut |_| {})
+    }
+
+    /// Loads an open checkpoint, calling `progress` with the bytes materialized so far.
+    pub fn load_with_progress(&self, ckpt: Checkpoint, progress: &mut dyn FnMut(u64)) -> Result<Loaded> {
+        let n = ckpt.storages.len();
+        let mut slots: Vec<Option<Box<dyn DeviceStorage>>> = (0..n).map(|_| None).collect();
+        let mut reports: Vec<StorageReport> = ckpt
+            .storages
+            .iter()
+            .map(|s| {
+                let location = self.map_location.apply(s, &s.location);
+                StorageReport {
+                    key: s.key.clone(),
+                    saved_location: s.location.clone(),
+                    location,
+                    device: String::new(),
+                    nbytes: s.nbytes,
+                    fallback: None,
+                }
+            })
+            .collect();
+        // Route every storage; batch those a backend serves directly.
+        let mut batches: BTreeMap<(usize, usize), Vec<usize>> = BTreeMap::new();
+        let mut single: Vec<(usize, crate::registry::Route)> = Vec::new();
+        let mut fallback: Vec<(usize, String)> = Vec::new();
+        for (i, rep) in reports.iter().enumerate() {
+            match self.registry.route(&rep.location) {
+                Err(refusal) => fallback.push((i, refusal.reason)),
+                Ok(route) if !route.packages.is_empty() => single.push((i, route)),
+                Ok(route) => match route.backend {
+                    Ok(key) => batches.entry(key).or_default().push(i),
+                    Err(reason) => fallback.push((i, reason)),
+                },
+            }
+        }
+        if self.strict {
+            if let Some((i, reason)) = fallback.first() {
+                return Err(self.strict_error(&reports[*i], reason));
+            }
+        }
+        let mut done = 0u64;
+        for (i, route) in single {
+            let bytes = ckpt.storage_bytes(i)?;
+            let s = &ckpt.storages[i];
+            let desc = desc_of(s);
+            let loc = reports[i].location.clone();
+            let r = match self.registry.restore_by_package(&route, &desc, &bytes, &loc) {
+                Some(r) => r.map_err(|e| e.reason),
+                None => match route.backend {
+                    Ok((e, idx)) => match self.registry.entry_backend(e) {
+                        Some(b) => b
+                            .materialize(Some(idx), &desc, &bytes)
+                            .map_err(|e| e.to_string()),
+                        None => Err(format!("no registry entry accepted location {loc}")),
+                    },
+                    Err(reason) => Err(reason),
+                },
+            };
+            match r {
+                Ok(st) => slots[i] = Some(st),
+                Err(reason) => fallback.push((i, reason)),
+            }
+            done += s.nbytes;
+            progress(done);
+        }
+        for ((entry, idx), members) in batches {
+            let Some(backend) = self.registry.entry_backend(entry).cloned() else {
+                continue;
+            };
+            let is_cpu = backend.device_type() == "cpu";
+            if is_cpu && self.cpu_mode == CpuMode::Mapped && ckpt.byteorder == ByteOrder::Little {
+                for &i in &members {
+                    slots[i] = Some(mapped(&ckpt, i)?);
+                    done += ckpt.storages[i].nbytes;
+                }
+                progress(done);
+                continue;
+            }
+            for group in groups(&ckpt, &members) {
+                let bytes: Vec<Cow<'_, [u8]>> = group
+                    .iter()
+                    .map(|&i| ckpt.storage_bytes(i))
+                    .collect::<Result<_>>()?;
+                let items: Vec<(StorageDesc<'_>, &[u8])> = group
+                    .iter()
+                    .zip(&bytes)
+                    .map(|(&i, b)| (desc_of(&ckpt.storages[i]), &b[..]))
+                    .collect();
+                let results = if is_cpu {
+                    crate::registry::cpu_materialize_parallel(&items)
+                } else {
+                    backend.materialize_many(Some(idx), &items)
+                };
+                for (&i, r) in group.iter().zip(results) {
+                    match r {
+                        Ok(st) => slots[i] = Some(st),
+                        Err(e) => {
+                            let reason = match e {
+                                BackendError::Unavailable { reason, .. } => reason,
+                                other => other.to_string(),
+                            };
+                            fallback.push((i, reason));
+                        }
+                    }
+                    done += ckpt.storages[i].nbytes;
+                }
+                progress(done);
+            }
+        }
+        if self.strict {
+            if let Some((i, reason)) = fallback.first() {
+                return Err(self.strict_error(&reports[*i], reason));
+            }
+        }
+        // Fall back to the CPU.
+        fallback.sort_by_key(|(i, _)| *i);
+        for (i, reason) in fallback {
+            let st: Box<dyn DeviceStorage> =
+                if self.cpu_mode == CpuMode::Mapped && ckpt.byteorder == ByteOrder::Little {
+                    mapped(&ckpt, i)?
+                } else {
+                    let bytes = ckpt.storage_bytes(i)?;
+                    use ptfile_backend::Backend;
+                    CpuBackend
+                        .materialize(None, &desc_of(&ckpt.storages[i]), &bytes)
+                        .map_err(|e| Error::Device(e.to_string()))?
+                };
+            slots[i] = Some(st);
+            reports[i].fallback = Some(reason);
+        }
+        let storages: Vec<Box<dyn DeviceStorage>> = slots
+            .into_iter()
+            .enumerate()
+            .map(|(i, s)| s.ok_or_else(|| Error::Device(format!("storage {i} was not materialized"))))
+            .collect::<Result<_>>()?;
+        for (r, s) in reports.iter_mut().zip(&storages) {
+            r.device = s.location();
+        }
+        Ok(Loaded {
+            checkpoint: ckpt,
+            storages,
+            report: LoadReport { storages: reports },
+        })
+    }
+
+    fn strict_error(&self, r: &StorageReport, reason: &str) -> Error {
+        Error::Device(format!(
+            "cannot deserialize storage {:?} (saved on {}) on {}: {reason}. Use map_location (e.g. --map-location cpu or --map-location {}=cpu) to map storages to an existing device, or drop strict mode to fall back to the CPU",
+            r.key, r.saved_location, r.location, r.saved_location
+        ))
+    }
+}
+
+fn desc_of(s: &crate::model::Storage) -> StorageDesc<'_> {
+    StorageDesc {
+        key: &s.key,
+        dtype: s.dtype.name(),
+        element_size: s.dtype.element_size(),
+        nbytes: s.nbytes as usize,
+        saved_location: &s.location,
+    }
+}
+
+fn mapped(ckpt: &Checkpoint, i: usize) -> Result<Box<dyn DeviceStorage>> {
+    let s = &ckpt.storages[i];
+    let (off, _) = s
+        .data
+        .ok_or_else(|| Error::invalid("storage has no data", format!("storage {:?}", s.key)))?;
+    Ok(Box::new(MappedStorage {
+        source: ckpt.source().clone(),
+        offset: off,
+        len: s.nbytes,
+    }))
+}
+
+/// Splits a batch so that byte-swapped (owned) copies stay bounded; little-endian batches
+/// borrow the map and go whole.
+fn groups(ckpt: &Checkpoint, members: &[usize]) -> Vec<Vec<usize>> {
+    if ckpt.byteorder == ByteOrder::Little {
+        return vec![members.to_vec()];
+    }
+    let mut out = vec![Vec::new()];
+    let mut acc = 0u64;
+    for &i in members {
+        let n = ckpt.storages[i].nbytes;
+        if acc > 0 && acc + n > SWAP_BATCH {
+            out.push(Vec::new());
+            acc = 0;
+        }
+        acc += n;
+        if let Some(last) = out.last_mut() {
+            last.push(i);
+        }
+    }
+    out
+}
