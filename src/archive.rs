@@ -66,15 +66,20 @@ impl Archive {
                 HINT_ZIP,
             ));
         }
-        let mut za = zip::ZipArchive::new(std::io::Cursor::new(bytes))
-            .map_err(|e| Error::format(format!("invalid zip: {e}"), "central directory", HINT_ZIP))?;
+        let mut za = zip::ZipArchive::new(std::io::Cursor::new(bytes)).map_err(|e| {
+            Error::format(format!("invalid zip: {e}"), "central directory", HINT_ZIP)
+        })?;
         let n = za.len();
         let mut records = Vec::with_capacity(n.min(1 << 16));
         let mut index = HashMap::new();
         let mut prefix: Option<String> = None;
         for i in 0..n {
             let f = za.by_index_raw(i).map_err(|e| {
-                Error::format(format!("invalid zip entry {i}: {e}"), "central directory", HINT_ZIP)
+                Error::format(
+                    format!("invalid zip entry {i}: {e}"),
+                    "central directory",
+                    HINT_ZIP,
+                )
             })?;
             let full = String::from_utf8_lossy(f.name_raw()).into_owned();
             let header = f.header_start();
@@ -155,7 +160,8 @@ impl Archive {
                 crc32,
             });
         }
-        let prefix = prefix.ok_or_else(|| Error::format("empty zip archive", "central directory", HINT_ZIP))?;
+        let prefix = prefix
+            .ok_or_else(|| Error::format("empty zip archive", "central directory", HINT_ZIP))?;
         Ok(Archive {
             source,
             prefix,
@@ -195,7 +201,8 @@ impl Archive {
             return Err(Error::Unsupported {
                 what: format!("record {:?} is compressed ({:?})", rec.name, rec.method),
                 location: format!("{}/{}", self.prefix, rec.name),
-                hint: "torch writes tensor data stored; re-save the checkpoint with torch.save".into(),
+                hint: "torch writes tensor data stored; re-save the checkpoint with torch.save"
+                    .into(),
             });
         }
         self.source
@@ -224,7 +231,9 @@ impl Archive {
                 let raw = self
                     .source
                     .slice(rec.offset, rec.compressed_size)
-                    .ok_or_else(|| Error::format("record past the end", rec.name.clone(), HINT_ZIP))?;
+                    .ok_or_else(|| {
+                        Error::format("record past the end", rec.name.clone(), HINT_ZIP)
+                    })?;
                 let mut out = Vec::new();
                 let mut dec = flate2::read::DeflateDecoder::new(raw).take(max + 1);
                 dec.read_to_end(&mut out).map_err(|e| {

@@ -212,9 +212,9 @@ impl Checkpoint {
         let (off, _) = s
             .data
             .ok_or_else(|| Error::invalid("storage has no data", format!("storage {:?}", s.key)))?;
-        self.source
-            .slice(off, s.nbytes)
-            .ok_or_else(|| Error::invalid("storage data past the end", format!("storage {:?}", s.key)))
+        self.source.slice(off, s.nbytes).ok_or_else(|| {
+            Error::invalid("storage data past the end", format!("storage {:?}", s.key))
+        })
     }
 
     /// The bytes of storage `i` in little-endian order: borrowed from the map when the file is
@@ -251,7 +251,10 @@ pub fn swap_in_place(v: &mut [u8], unit: usize) {
 }
 
 /// Reads the byteorder record per torch's rules.
-pub(crate) fn byteorder_of(archive: &Archive, opts: &OpenOptions) -> Result<(ByteOrder, Option<String>)> {
+pub(crate) fn byteorder_of(
+    archive: &Archive,
+    opts: &OpenOptions,
+) -> Result<(ByteOrder, Option<String>)> {
     let rec = archive.text("byteorder")?;
     let bo = match rec.as_deref() {
         Some("little") => ByteOrder::Little,
@@ -278,7 +281,11 @@ pub(crate) fn byteorder_of(archive: &Archive, opts: &OpenOptions) -> Result<(Byt
 }
 
 /// Parses one pickle record of an archive.
-pub(crate) fn parse_record(archive: &Archive, name: &str, opts: &OpenOptions) -> Result<pickle::Pickle> {
+pub(crate) fn parse_record(
+    archive: &Archive,
+    name: &str,
+    opts: &OpenOptions,
+) -> Result<pickle::Pickle> {
     let rec = archive.record(name).ok_or_else(|| {
         Error::format(
             format!("no {name} record"),
@@ -294,7 +301,10 @@ pub(crate) fn parse_record(archive: &Archive, name: &str, opts: &OpenOptions) ->
 }
 
 /// Reads the metadata records of a zip archive.
-pub(crate) fn archive_info(archive: &Archive, byteorder_record: Option<String>) -> Result<ArchiveInfo> {
+pub(crate) fn archive_info(
+    archive: &Archive,
+    byteorder_record: Option<String>,
+) -> Result<ArchiveInfo> {
     let version = match archive.text(".data/version")? {
         Some(v) => Some(v),
         None => archive.text("version")?,
@@ -315,7 +325,10 @@ pub(crate) fn locate_storages(archive: &Archive, table: &mut StorageTable) -> Re
     for (record, i) in found {
         let rec = archive.record(&record).ok_or_else(|| {
             Error::invalid(
-                format!("record {record} of storage {:?} is missing", table.storages[i].key),
+                format!(
+                    "record {record} of storage {:?} is missing",
+                    table.storages[i].key
+                ),
                 format!("{}/{}", archive.prefix(), record),
             )
         })?;

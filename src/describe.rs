@@ -255,7 +255,11 @@ impl Describer<'_> {
         let mut m = Map::new();
         m.insert(
             "type".into(),
-            json!(if t.is_parameter { "parameter" } else { "tensor" }),
+            json!(if t.is_parameter {
+                "parameter"
+            } else {
+                "tensor"
+            }),
         );
         m.insert("dtype".into(), json!(t.dtype.name()));
         m.insert("shape".into(), json!(t.shape));
@@ -565,7 +569,12 @@ pub fn human(ckpt: &Checkpoint) -> String {
         let _ = writeln!(s, "{n}");
     }
     let tensors = ckpt.root.tensors(1_000_000);
-    let width = tensors.iter().map(|(k, _)| k.len()).max().unwrap_or(0).min(60);
+    let width = tensors
+        .iter()
+        .map(|(k, _)| k.len())
+        .max()
+        .unwrap_or(0)
+        .min(60);
     for (k, t) in &tensors {
         let loc = match t.storage {
             Some(i) => ckpt.storages[i].location.clone(),

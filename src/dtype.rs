@@ -89,7 +89,15 @@ use Kind::*;
 
 /// name, ScalarType, element size, kind, has a legacy typed storage class, safetensors name.
 static TABLE: &[Entry] = &[
-    e!("float64", "Double", 8, Float, true, Some("F64"), &["double"]),
+    e!(
+        "float64",
+        "Double",
+        8,
+        Float,
+        true,
+        Some("F64"),
+        &["double"]
+    ),
     e!("float32", "Float", 4, Float, true, Some("F32"), &["float"]),
     e!("float16", "Half", 2, Float, true, Some("F16"), &["half"]),
     e!("bfloat16", "BFloat16", 2, BFloat, true, Some("BF16")),
@@ -99,29 +107,102 @@ static TABLE: &[Entry] = &[
     e!("int8", "Char", 1, Int, true, Some("I8")),
     e!("uint8", "Byte", 1, UInt, true, Some("U8")),
     e!("bool", "Bool", 1, Bool, true, Some("BOOL")),
-    e!("complex128", "ComplexDouble", 16, Complex(Part::F64), true, Some("C128"), &["cdouble"]),
-    e!("complex64", "ComplexFloat", 8, Complex(Part::F32), true, Some("C64"), &["cfloat"]),
+    e!(
+        "complex128",
+        "ComplexDouble",
+        16,
+        Complex(Part::F64),
+        true,
+        Some("C128"),
+        &["cdouble"]
+    ),
+    e!(
+        "complex64",
+        "ComplexFloat",
+        8,
+        Complex(Part::F32),
+        true,
+        Some("C64"),
+        &["cfloat"]
+    ),
     e!("qint8", "QInt8", 1, Quantized, true, None),
     e!("quint8", "QUInt8", 1, Quantized, true, None),
     e!("qint32", "QInt32", 4, Quantized, true, None),
     e!("quint4x2", "QUInt4x2", 1, Quantized, true, None),
     e!("quint2x4", "QUInt2x4", 1, Quantized, true, None),
-    e!("complex32", "ComplexHalf", 4, Complex(Part::F16), false, None, &["chalf"]),
+    e!(
+        "complex32",
+        "ComplexHalf",
+        4,
+        Complex(Part::F16),
+        false,
+        None,
+        &["chalf"]
+    ),
     e!("uint16", "UInt16", 2, UInt, false, Some("U16")),
     e!("uint32", "UInt32", 4, UInt, false, Some("U32")),
     e!("uint64", "UInt64", 8, UInt, false, Some("U64")),
-    e!("float8_e5m2", "Float8_e5m2", 1, Float8(self::Float8::E5M2), false, Some("F8_E5M2")),
-    e!("float8_e4m3fn", "Float8_e4m3fn", 1, Float8(self::Float8::E4M3FN), false, Some("F8_E4M3")),
-    e!("float8_e5m2fnuz", "Float8_e5m2fnuz", 1, Float8(self::Float8::E5M2FNUZ), false, None),
-    e!("float8_e4m3fnuz", "Float8_e4m3fnuz", 1, Float8(self::Float8::E4M3FNUZ), false, None),
-    e!("float8_e8m0fnu", "Float8_e8m0fnu", 1, Float8(self::Float8::E8M0FNU), false, Some("F8_E8M0")),
-    e!("float4_e2m1fn_x2", "Float4_e2m1fn_x2", 1, Opaque, false, Some("F4")),
+    e!(
+        "float8_e5m2",
+        "Float8_e5m2",
+        1,
+        Float8(self::Float8::E5M2),
+        false,
+        Some("F8_E5M2")
+    ),
+    e!(
+        "float8_e4m3fn",
+        "Float8_e4m3fn",
+        1,
+        Float8(self::Float8::E4M3FN),
+        false,
+        Some("F8_E4M3")
+    ),
+    e!(
+        "float8_e5m2fnuz",
+        "Float8_e5m2fnuz",
+        1,
+        Float8(self::Float8::E5M2FNUZ),
+        false,
+        None
+    ),
+    e!(
+        "float8_e4m3fnuz",
+        "Float8_e4m3fnuz",
+        1,
+        Float8(self::Float8::E4M3FNUZ),
+        false,
+        None
+    ),
+    e!(
+        "float8_e8m0fnu",
+        "Float8_e8m0fnu",
+        1,
+        Float8(self::Float8::E8M0FNU),
+        false,
+        Some("F8_E8M0")
+    ),
+    e!(
+        "float4_e2m1fn_x2",
+        "Float4_e2m1fn_x2",
+        1,
+        Opaque,
+        false,
+        Some("F4")
+    ),
     e!("bits8", "Bits8", 1, Opaque, false, None),
     e!("bits16", "Bits16", 2, Opaque, false, None),
     e!("bits1x8", "Bits1x8", 1, Opaque, false, None),
     e!("bits2x4", "Bits2x4", 1, Opaque, false, None),
     e!("bits4x2", "Bits4x2", 1, Opaque, false, None),
-    e!("bcomplex32", "BComplex32", 4, Complex(Part::BF16), false, None),
+    e!(
+        "bcomplex32",
+        "BComplex32",
+        4,
+        Complex(Part::BF16),
+        false,
+        None
+    ),
     // Shell dtypes: names torch accepts as globals; no tensor data of them can exist.
     e!("uint1", "UInt1", 1, Opaque, false, None),
     e!("uint2", "UInt2", 1, Opaque, false, None),
@@ -177,7 +258,9 @@ impl DType {
     }
     /// The legacy storage class name (`FloatStorage`), for dtypes that have one.
     pub fn legacy_storage_class(self) -> Option<String> {
-        self.e().legacy.then(|| format!("{}Storage", self.e().scalar))
+        self.e()
+            .legacy
+            .then(|| format!("{}Storage", self.e().scalar))
     }
     /// The safetensors dtype name, where safetensors has one.
     pub fn safetensors_name(self) -> Option<&'static str> {
@@ -253,7 +336,11 @@ pub fn float8_to_f64(fmt: Float8, b: u8) -> f64 {
     let emax = (1 << ebits) - 1;
     match fmt {
         Float8::E5M2 if e == emax => {
-            return if m == 0.0 { sign * f64::INFINITY } else { f64::NAN };
+            return if m == 0.0 {
+                sign * f64::INFINITY
+            } else {
+                f64::NAN
+            };
         }
         Float8::E4M3FN if e == emax && m == 7.0 => return f64::NAN,
         Float8::E5M2FNUZ | Float8::E4M3FNUZ if b == 0x80 => return f64::NAN,
@@ -288,8 +375,14 @@ mod tests {
         assert_eq!(DType::from_name("float32"), Some(DType::FLOAT32));
         assert_eq!(DType::from_name("bfloat16"), Some(DType::BFLOAT16));
         assert_eq!(DType::from_name("uint8"), Some(DType::UINT8));
-        assert_eq!(DType::from_storage_class("LongStorage").unwrap().name(), "int64");
-        assert_eq!(DType::from_storage_class("CharStorage").unwrap().name(), "int8");
+        assert_eq!(
+            DType::from_storage_class("LongStorage").unwrap().name(),
+            "int64"
+        );
+        assert_eq!(
+            DType::from_storage_class("CharStorage").unwrap().name(),
+            "int8"
+        );
         assert_eq!(DType::from_name("torch.half").unwrap().name(), "float16");
         assert!(DType::from_name("uint1").unwrap().is_shell());
         assert!(!DType::from_name("bcomplex32").unwrap().is_shell());

@@ -85,10 +85,7 @@ pub fn storage_class_dtype(cls: &Object, at: &str) -> Result<Option<DType>> {
 /// `numel * element_size`, checked.
 pub fn storage_nbytes(numel: i64, dtype: Option<DType>, at: &str) -> Result<u64> {
     if numel < 0 {
-        return Err(Error::invalid(
-            format!("negative storage size {numel}"),
-            at,
-        ));
+        return Err(Error::invalid(format!("negative storage size {numel}"), at));
     }
     let es = dtype.map(|d| d.element_size()).unwrap_or(1) as u64;
     (numel as u64)
@@ -136,7 +133,10 @@ impl PersistentLoad for ZipPersistentLoad {
             || key.contains("..")
             || key.contains('\0')
         {
-            return Err(Error::invalid(format!("storage key {key:?} is not a plain name"), at));
+            return Err(Error::invalid(
+                format!("storage key {key:?} is not a plain name"),
+                at,
+            ));
         }
         let location = items[3]
             .as_str()
@@ -290,7 +290,11 @@ impl Interp<'_> {
         Ok(v)
     }
 
-    fn conv_pairs(&mut self, pairs: &[(NodeId, NodeId)], depth: usize) -> Result<Vec<(Object, Object)>> {
+    fn conv_pairs(
+        &mut self,
+        pairs: &[(NodeId, NodeId)],
+        depth: usize,
+    ) -> Result<Vec<(Object, Object)>> {
         let mut v = Vec::with_capacity(pairs.len());
         for &(k, val) in pairs {
             let k = self.conv(k, depth + 1)?;
@@ -411,7 +415,9 @@ impl Interp<'_> {
             | ("torch._utils", "_rebuild_parameter_with_state") => {
                 let args = self.args(call, depth)?;
                 if args.len() < 3 {
-                    return Err(self.invalid(format!("{name} needs 3 arguments, got {}", args.len())));
+                    return Err(
+                        self.invalid(format!("{name} needs 3 arguments, got {}", args.len()))
+                    );
                 }
                 let mut t = match &args[0] {
                     Object::Tensor(t) => (**t).clone(),
@@ -461,12 +467,17 @@ impl Interp<'_> {
                 let args = self.args(call, depth)?;
                 self.rebuild_sparse(&args)
             }
-            ("torch._tensor", "_rebuild_from_type_v2") | ("torch._utils", "_rebuild_from_type_v2") => {
+            ("torch._tensor", "_rebuild_from_type_v2")
+            | ("torch._utils", "_rebuild_from_type_v2") => {
                 // (func, new_type, args, state): rebuild with func(*args); the subclass and
                 // its Python attributes are kept only as far as Parameter goes.
                 let (func, ty, inner) = match self.p.node(call.args) {
                     Node::Tuple(xs) if xs.len() >= 3 => (xs[0], xs[1], xs[2]),
-                    _ => return Err(self.invalid("_rebuild_from_type_v2 needs (func, type, args, state)")),
+                    _ => {
+                        return Err(
+                            self.invalid("_rebuild_from_type_v2 needs (func, type, args, state)")
+                        )
+                    }
                 };
                 let inner_call = Call {
                     kind: CallKind::Reduce,
@@ -502,7 +513,10 @@ impl Interp<'_> {
                         metadata = Some(m.clone());
                     }
                 }
-                Ok(Object::OrderedDict(Arc::new(OrderedDict { items, metadata })))
+                Ok(Object::OrderedDict(Arc::new(OrderedDict {
+                    items,
+                    metadata,
+                })))
             }
             ("torch", "Size") if simple_reduce => {
                 let args = self.args(call, depth)?;
@@ -527,7 +541,10 @@ impl Interp<'_> {
             ("builtins", "set") | ("builtins", "frozenset") if simple_reduce => {
                 let args = self.args(call, depth)?;
                 let items: Vec<Object> = match args.first() {
-                    Some(Object::List(x)) | Some(Object::Tuple(x)) | Some(Object::Set(x)) | Some(Object::FrozenSet(x)) => x.to_vec(),
+                    Some(Object::List(x))
+                    | Some(Object::Tuple(x))
+                    | Some(Object::Set(x))
+                    | Some(Object::FrozenSet(x)) => x.to_vec(),
                     None => Vec::new(),
                     Some(o) => return Err(self.invalid(format!("{name}() of a {}", type_name(o)))),
                 };
@@ -556,13 +573,17 @@ impl Interp<'_> {
                 let b = match args.first() {
                     None => Vec::new(),
                     Some(Object::Bytes(b)) | Some(Object::ByteArray(b)) => b.to_vec(),
-                    Some(Object::Str(s)) => latin1(s).ok_or_else(|| self.invalid("bytearray() of a str with characters past U+00FF"))?,
+                    Some(Object::Str(s)) => latin1(s).ok_or_else(|| {
+                        self.invalid("bytearray() of a str with characters past U+00FF")
+                    })?,
                     Some(Object::List(xs)) => xs
                         .iter()
                         .map(|x| x.as_int().and_then(|v| u8::try_from(v).ok()))
                         .collect::<Option<Vec<u8>>>()
                         .ok_or_else(|| self.invalid("bytearray() of a list with non-byte items"))?,
-                    Some(o) => return Err(self.invalid(format!("bytearray() of a {}", type_name(o)))),
+                    Some(o) => {
+                        return Err(self.invalid(format!("bytearray() of a {}", type_name(o))))
+                    }
                 };
                 Ok(if name == "bytes" {
                     Object::Bytes(b.into())
@@ -578,9 +599,8 @@ impl Interp<'_> {
                     .ok_or_else(|| self.invalid("_codecs.encode needs a str"))?;
                 let enc = args.get(1).and_then(|a| a.as_str()).unwrap_or("utf-8");
                 let b = match enc.to_ascii_lowercase().replace('_', "-").as_str() {
-                    "latin1" | "latin-1" | "iso-8859-1" | "iso8859-1" => {
-                        latin1(s).ok_or_else(|| self.invalid("latin1 text with characters past U+00FF"))?
-                    }
+                    "latin1" | "latin-1" | "iso-8859-1" | "iso8859-1" => latin1(s)
+                        .ok_or_else(|| self.invalid("latin1 text with characters past U+00FF"))?,
                     "utf-8" | "utf8" => s.as_bytes().to_vec(),
                     "ascii" => {
                         if !s.is_ascii() {
@@ -588,7 +608,11 @@ impl Interp<'_> {
                         }
                         s.as_bytes().to_vec()
                     }
-                    other => return Err(self.invalid(format!("_codecs.encode with unsupported encoding {other:?}"))),
+                    other => {
+                        return Err(self.invalid(format!(
+                            "_codecs.encode with unsupported encoding {other:?}"
+                        )))
+                    }
                 };
                 Ok(Object::Bytes(b.into()))
             }
@@ -616,7 +640,9 @@ impl Interp<'_> {
         let args = self.args(call, depth)?;
         // copyreg._reconstructor(cls, base, state) and __newobj__ carry the real class first.
         let (class, args) = match (class.as_str(), args.first()) {
-            ("copyreg._reconstructor", Some(Object::Global(c))) => (c.to_string(), args[1..].to_vec()),
+            ("copyreg._reconstructor", Some(Object::Global(c))) => {
+                (c.to_string(), args[1..].to_vec())
+            }
             ("copyreg.__newobj__", Some(Object::Global(c))) => (c.to_string(), args[1..].to_vec()),
             _ => (class, args),
         };
@@ -660,7 +686,9 @@ impl Interp<'_> {
             Object::Bool(b) => Ok(*b),
             Object::Int(i) => Ok(*i != 0),
             Object::None => Ok(false),
-            other => Err(self.invalid(format!("{what} is a {}, expected a bool", type_name(other)))),
+            other => {
+                Err(self.invalid(format!("{what} is a {}, expected a bool", type_name(other))))
+            }
         }
     }
 
@@ -668,15 +696,21 @@ impl Interp<'_> {
         let xs: &[Object] = match o {
             Object::Tuple(x) | Object::List(x) => x,
             Object::Size(s) => return Ok(s.to_vec()),
-            other => return Err(self.invalid(format!("{what} is a {}, expected a tuple of ints", type_name(other)))),
+            other => {
+                return Err(self.invalid(format!(
+                    "{what} is a {}, expected a tuple of ints",
+                    type_name(other)
+                )))
+            }
         };
         if xs.len() > 64 {
             return Err(self.invalid(format!("{what} has {} dimensions (more than 64)", xs.len())));
         }
         xs.iter()
             .map(|x| {
-                x.as_int()
-                    .ok_or_else(|| self.invalid(format!("{what} holds a {}, expected ints", type_name(x))))
+                x.as_int().ok_or_else(|| {
+                    self.invalid(format!("{what} holds a {}, expected ints", type_name(x)))
+                })
             })
             .collect()
     }
@@ -700,13 +734,22 @@ impl Interp<'_> {
             numel = numel
                 .checked_mul(s as u64)
                 .filter(|&n| n <= i64::MAX as u64)
-                .ok_or_else(|| self.invalid(format!("shape {shape:?} has more than 2^63 elements")))?;
+                .ok_or_else(|| {
+                    self.invalid(format!("shape {shape:?} has more than 2^63 elements"))
+                })?;
         }
         Ok(())
     }
 
     /// Checks a view (offset, shape, stride) lies within a storage of `n_elems` elements.
-    fn check_view(&self, shape: &[i64], stride: &[i64], offset: i64, n_elems: u64, key: &str) -> Result<()> {
+    fn check_view(
+        &self,
+        shape: &[i64],
+        stride: &[i64],
+        offset: i64,
+        n_elems: u64,
+        key: &str,
+    ) -> Result<()> {
         self.check_shape(shape, stride)?;
         if offset < 0 {
             return Err(self.invalid(format!("negative storage offset {offset}")));
@@ -717,9 +760,11 @@ impl Interp<'_> {
         let mut last: u64 = offset as u64;
         for (&s, &st) in shape.iter().zip(stride) {
             let span = ((s - 1) as u64).checked_mul(st as u64);
-            last = span
-                .and_then(|sp| last.checked_add(sp))
-                .ok_or_else(|| self.invalid(format!("view of shape {shape:?} and strides {stride:?} overflows")))?;
+            last = span.and_then(|sp| last.checked_add(sp)).ok_or_else(|| {
+                self.invalid(format!(
+                    "view of shape {shape:?} and strides {stride:?} overflows"
+                ))
+            })?;
         }
         if last >= n_elems {
             return Err(self.invalid(format!(
@@ -736,7 +781,10 @@ impl Interp<'_> {
             _ => 7,
         };
         if args.len() < need {
-            return Err(self.invalid(format!("{fname} needs {need} arguments, got {}", args.len())));
+            return Err(self.invalid(format!(
+                "{fname} needs {need} arguments, got {}",
+                args.len()
+            )));
         }
         let sidx = match &args[0] {
             Object::Storage(i) => *i,
@@ -752,12 +800,21 @@ impl Interp<'_> {
             .ok_or_else(|| self.invalid("storage offset is not an int"))?;
         let shape = self.int_list(&args[2], "size")?;
         let stride = self.int_list(&args[3], "stride")?;
-        let requires_grad = if need >= 6 { self.bool_arg(&args[4], "requires_grad")? } else { false };
+        let requires_grad = if need >= 6 {
+            self.bool_arg(&args[4], "requires_grad")?
+        } else {
+            false
+        };
         let st = self.table.storages[sidx].clone();
         let dtype = if fname == "_rebuild_tensor_v3" {
             match &args[6] {
                 Object::Dtype(d) => *d,
-                other => return Err(self.invalid(format!("_rebuild_tensor_v3 dtype is a {}", type_name(other)))),
+                other => {
+                    return Err(self.invalid(format!(
+                        "_rebuild_tensor_v3 dtype is a {}",
+                        type_name(other)
+                    )))
+                }
             }
         } else {
             st.dtype
@@ -810,13 +867,18 @@ impl Interp<'_> {
 
     fn rebuild_qtensor(&mut self, args: &[Object]) -> Result<Object> {
         if args.len() < 5 {
-            return Err(self.invalid(format!("_rebuild_qtensor needs 7 arguments, got {}", args.len())));
+            return Err(self.invalid(format!(
+                "_rebuild_qtensor needs 7 arguments, got {}",
+                args.len()
+            )));
         }
         let sidx = match &args[0] {
             Object::Storage(i) => *i,
             o => return Err(self.invalid(format!("_rebuild_qtensor of a {}", type_name(o)))),
         };
-        let storage_offset = args[1].as_int().ok_or_else(|| self.invalid("storage offset is not an int"))?;
+        let storage_offset = args[1]
+            .as_int()
+            .ok_or_else(|| self.invalid("storage offset is not an int"))?;
         let shape = self.int_list(&args[2], "size")?;
         let stride = self.int_list(&args[3], "stride")?;
         let st = self.table.storages[sidx].clone();
@@ -865,7 +927,8 @@ impl Interp<'_> {
             q.zero_points = params.get(2).and_then(|t| t.as_tensor()).cloned();
             q.axis = params.get(3).and_then(|a| a.as_int());
             if q.scales.is_none() || q.zero_points.is_none() || q.axis.is_none() {
-                return Err(self.invalid("per-channel quantizer needs (qscheme, scales, zero_points, axis)"));
+                return Err(self
+                    .invalid("per-channel quantizer needs (qscheme, scales, zero_points, axis)"));
             }
         } else {
             return Err(Error::Unsupported {
@@ -887,8 +950,13 @@ impl Interp<'_> {
             .get(1)
             .and_then(|d| d.as_seq())
             .ok_or_else(|| self.invalid("_rebuild_sparse_tensor data is not a tuple"))?;
-        let tensors: Vec<Arc<Tensor>> = data.iter().filter_map(|x| x.as_tensor().cloned()).collect();
-        let shape_obj = if layout.ends_with("sparse_coo") { data.get(2) } else { data.get(3) };
+        let tensors: Vec<Arc<Tensor>> =
+            data.iter().filter_map(|x| x.as_tensor().cloned()).collect();
+        let shape_obj = if layout.ends_with("sparse_coo") {
+            data.get(2)
+        } else {
+            data.get(3)
+        };
         let shape = match shape_obj {
             Some(o) => self.int_list(o, "sparse size")?,
             None => return Err(self.invalid("_rebuild_sparse_tensor data has no size")),

@@ -29,6 +29,8 @@
 
 pub mod archive;
 pub mod checkpoint;
+#[cfg(feature = "conformance")]
+pub mod conformance;
 pub mod describe;
 pub mod dtype;
 mod error;
@@ -47,8 +49,8 @@ pub mod torchscript;
 
 pub use checkpoint::{ArchiveInfo, ByteOrder, Checkpoint, Format, LoadEndianness, OpenOptions};
 pub use dtype::DType;
+pub use error::{Error, Result};
 pub use load::{CpuMode, LoadReport, Loaded, Loader, StorageReport};
 pub use map_location::MapLocation;
-pub use registry::Registry;
-pub use error::{Error, Result};
 pub use model::{Object, Storage, Tensor};
+pub use registry::Registry;

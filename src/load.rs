@@ -168,12 +168,19 @@ impl StorageBytes for Loaded {
             return Ok(Cow::Borrowed(b));
         }
         let mut v = vec![0u8; s.nbytes()];
-        s.read_to_host(&mut v)
-            .map_err(|e| Error::Device(format!("reading storage {i} back from {}: {e}", s.location())))?;
+        s.read_to_host(&mut v).map_err(|e| {
+            Error::Device(format!(
+                "reading storage {i} back from {}: {e}",
+                s.location()
+            ))
+        })?;
         Ok(Cow::Owned(v))
     }
     fn storage_device(&self, i: usize) -> String {
-        self.storages.get(i).map(|s| s.location()).unwrap_or_default()
+        self.storages
+            .get(i)
+            .map(|s| s.location())
+            .unwrap_or_default()
     }
     fn storage_extra(&self, i: usize) -> Map<String, Value> {
         let mut m = Map::new();
@@ -214,7 +221,11 @@ impl DeviceStorage for MappedStorage {
         if dst.len() != b.len() {
             return Err(BackendError::Driver {
                 device: "cpu".into(),
-                message: format!("destination has {} bytes, storage has {}", dst.len(), b.len()),
+                message: format!(
+                    "destination has {} bytes, storage has {}",
+                    dst.len(),
+                    b.len()
+                ),
             });
         }
         dst.copy_from_slice(b);
@@ -290,7 +301,11 @@ impl Loader {
     }
 
     /// Loads an open checkpoint, calling `progress` with the bytes materialized so far.
-    pub fn load_with_progress(&self, ckpt: Checkpoint, progress: &mut dyn FnMut(u64)) -> Result<Loaded> {
+    pub fn load_with_progress(
+        &self,
+        ckpt: Checkpoint,
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<Loaded> {
         let n = ckpt.storages.len();
         let mut slots: Vec<Option<Box<dyn DeviceStorage>>> = (0..n).map(|_| None).collect();
         let mut reports: Vec<StorageReport> = ckpt
@@ -333,7 +348,10 @@ impl Loader {
             let s = &ckpt.storages[i];
             let desc = desc_of(s);
             let loc = reports[i].location.clone();
-            let r = match self.registry.restore_by_package(&route, &desc, &bytes, &loc) {
+            let r = match self
+                .registry
+                .restore_by_package(&route, &desc, &bytes, &loc)
+            {
                 Some(r) => r.map_err(|e| e.reason),
                 None => match route.backend {
                     Ok((e, idx)) => match self.registry.entry_backend(e) {
@@ -420,7 +438,9 @@ impl Loader {
         let storages: Vec<Box<dyn DeviceStorage>> = slots
             .into_iter()
             .enumerate()
-            .map(|(i, s)| s.ok_or_else(|| Error::Device(format!("storage {i} was not materialized"))))
+            .map(|(i, s)| {
+                s.ok_or_else(|| Error::Device(format!("storage {i} was not materialized")))
+            })
             .collect::<Result<_>>()?;
         for (r, s) in reports.iter_mut().zip(&storages) {
             r.device = s.location();

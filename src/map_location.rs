@@ -50,11 +50,18 @@ impl MapLocation {
         A: Into<String>,
         B: Into<String>,
     {
-        MapLocation::Table(pairs.into_iter().map(|(a, b)| (a.into(), b.into())).collect())
+        MapLocation::Table(
+            pairs
+                .into_iter()
+                .map(|(a, b)| (a.into(), b.into()))
+                .collect(),
+        )
     }
 
     /// A function.
-    pub fn func(f: impl Fn(&Storage, &str) -> Option<String> + Send + Sync + 'static) -> MapLocation {
+    pub fn func(
+        f: impl Fn(&Storage, &str) -> Option<String> + Send + Sync + 'static,
+    ) -> MapLocation {
         MapLocation::Func(Arc::new(f))
     }
 
@@ -107,7 +114,9 @@ impl MapLocation {
 }
 
 fn check(loc: &str) -> Result<()> {
-    Location::parse(loc).map(|_| ()).map_err(|e| Error::Usage(format!("--map-location: {e}")))
+    Location::parse(loc)
+        .map(|_| ())
+        .map_err(|e| Error::Usage(format!("--map-location: {e}")))
 }
 
 #[cfg(test)]
@@ -134,16 +143,25 @@ mod tests {
         let t = MapLocation::table([("cuda:1", "cuda:0")]);
         assert_eq!(t.apply(&s, "cuda:1"), "cuda:0");
         assert_eq!(t.apply(&s, "ipu"), "ipu");
-        let f = MapLocation::func(|st, loc| (st.nbytes == 4 && loc.starts_with("cuda")).then(|| "cpu".to_string()));
+        let f = MapLocation::func(|st, loc| {
+            (st.nbytes == 4 && loc.starts_with("cuda")).then(|| "cpu".to_string())
+        });
         assert_eq!(f.apply(&s, "cuda:1"), "cpu");
         assert_eq!(f.apply(&s, "ipu"), "ipu");
     }
 
     #[test]
     fn parse() {
-        assert!(matches!(MapLocation::parse_specs::<&str>(&[]).unwrap(), MapLocation::AsSaved));
-        assert!(matches!(MapLocation::parse_specs(&["cpu"]).unwrap(), MapLocation::To(l) if l == "cpu"));
-        assert!(matches!(MapLocation::parse_specs(&["cuda:1=cuda:0", "ipu=cpu"]).unwrap(), MapLocation::Table(t) if t.len() == 2));
+        assert!(matches!(
+            MapLocation::parse_specs::<&str>(&[]).unwrap(),
+            MapLocation::AsSaved
+        ));
+        assert!(
+            matches!(MapLocation::parse_specs(&["cpu"]).unwrap(), MapLocation::To(l) if l == "cpu")
+        );
+        assert!(
+            matches!(MapLocation::parse_specs(&["cuda:1=cuda:0", "ipu=cpu"]).unwrap(), MapLocation::Table(t) if t.len() == 2)
+        );
         assert!(MapLocation::parse_specs(&["cpu", "cuda:0"]).is_err());
         assert!(MapLocation::parse_specs(&["cpu", "a=b"]).is_err());
         assert!(MapLocation::parse_specs(&["cuda:x"]).is_err());

@@ -38,10 +38,11 @@ pub fn module_state_dict(o: &Object) -> Option<ModuleStateDict> {
         let non_persistent: Vec<String> = op
             .attr("_non_persistent_buffers_set")
             .map(|s| match s {
-                Object::Set(xs) | Object::List(xs) | Object::Tuple(xs) | Object::FrozenSet(xs) => xs
-                    .iter()
-                    .filter_map(|x| x.as_str().map(str::to_string))
-                    .collect(),
+                Object::Set(xs) | Object::List(xs) | Object::Tuple(xs) | Object::FrozenSet(xs) => {
+                    xs.iter()
+                        .filter_map(|x| x.as_str().map(str::to_string))
+                        .collect()
+                }
                 _ => Vec::new(),
             })
             .unwrap_or_default();

@@ -40,7 +40,11 @@ pub type Tagger = dyn Fn(&dyn DeviceStorage) -> Option<String> + Send + Sync;
 
 /// A deserializer: materializes `bytes` (a storage described by the desc) at a location, or
 /// None when the location is not this entry's.
-pub type Deserializer = dyn Fn(&StorageDesc<'_>, &[u8], &str) -> Option<std::result::Result<Box<dyn DeviceStorage>, BackendError>>
+pub type Deserializer = dyn Fn(
+        &StorageDesc<'_>,
+        &[u8],
+        &str,
+    ) -> Option<std::result::Result<Box<dyn DeviceStorage>, BackendError>>
     + Send
     + Sync;
 
@@ -182,7 +186,10 @@ impl Registry {
                 self.device_types().join(", ")
             )));
         }
-        if Location::parse(&ty).map(|l| l.index.is_some()).unwrap_or(true) {
+        if Location::parse(&ty)
+            .map(|l| l.index.is_some())
+            .unwrap_or(true)
+        {
             return Err(Error::Usage(format!(
                 "`{ty}` is not a valid device type name"
             )));
@@ -397,12 +404,22 @@ mod tests {
     #[test]
     fn cpu_restores_and_unknown_falls_back_with_reason() {
         let r = Registry::default();
-        let s = r.restore(&desc(), &[1, 2, 3, 4], "cpu").unwrap_or_else(|e| panic!("{}", e.reason));
+        let s = r
+            .restore(&desc(), &[1, 2, 3, 4], "cpu")
+            .unwrap_or_else(|e| panic!("{}", e.reason));
         assert_eq!(s.location(), "cpu");
-        let e = r.restore(&desc(), &[1, 2, 3, 4], "ipu").err().map(|e| e.reason).unwrap_or_default();
+        let e = r
+            .restore(&desc(), &[1, 2, 3, 4], "ipu")
+            .err()
+            .map(|e| e.reason)
+            .unwrap_or_default();
         assert!(e.contains("ipu") && e.contains("cpu"), "{e}");
         if r.backend("cuda").is_none() {
-            let e = r.restore(&desc(), &[0; 4], "cuda:0").err().map(|e| e.reason).unwrap_or_default();
+            let e = r
+                .restore(&desc(), &[0; 4], "cuda:0")
+                .err()
+                .map(|e| e.reason)
+                .unwrap_or_default();
             assert!(e.contains("--features cuda"), "{e}");
         }
         assert!(r.restore(&desc(), &[0; 4], "cpu:1").is_err());
@@ -414,13 +431,39 @@ mod tests {
         r.register_package(
             5,
             |_| None,
-            |_d, b, loc| (loc == "cpu").then(|| Ok(Box::new(HostStorage::new("cpu".into(), b.iter().map(|x| x ^ 0xff).collect())) as Box<dyn DeviceStorage>)),
+            |_d, b, loc| {
+                (loc == "cpu").then(|| {
+                    Ok(Box::new(HostStorage::new(
+                        "cpu".into(),
+                        b.iter().map(|x| x ^ 0xff).collect(),
+                    )) as Box<dyn DeviceStorage>)
+                })
+            },
         );
-        let s = r.restore(&desc(), &[0, 1, 2, 3], "cpu").ok().map(|s| s.host_bytes().map(|b| b.to_vec())).flatten();
-        assert_eq!(s, Some(vec![0xff, 0xfe, 0xfd, 0xfc]), "priority 5 runs before cpu at 10");
-        let err = r.register_backend(1, Arc::new(CpuBackend)).err().map(|e| e.to_string()).unwrap_or_default();
-        assert!(err.contains("already registered") && err.contains("cpu"), "{err}");
-        let err = r.require_backend("cdua").err().map(|e| e.to_string()).unwrap_or_default();
+        let s = r
+            .restore(&desc(), &[0, 1, 2, 3], "cpu")
+            .ok()
+            .map(|s| s.host_bytes().map(|b| b.to_vec()))
+            .flatten();
+        assert_eq!(
+            s,
+            Some(vec![0xff, 0xfe, 0xfd, 0xfc]),
+            "priority 5 runs before cpu at 10"
+        );
+        let err = r
+            .register_backend(1, Arc::new(CpuBackend))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            err.contains("already registered") && err.contains("cpu"),
+            "{err}"
+        );
+        let err = r
+            .require_backend("cdua")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
         assert!(err.contains("cdua") && err.contains("cpu"), "{err}");
     }
 
@@ -430,11 +473,22 @@ mod tests {
         r.register_package(
             11,
             |s| s.location().starts_with("ipu").then(|| "ipu".to_string()),
-            |_d, b, loc| loc.starts_with("ipu").then(|| Ok(Box::new(HostStorage::new("ipu".into(), b.to_vec())) as Box<dyn DeviceStorage>)),
+            |_d, b, loc| {
+                loc.starts_with("ipu").then(|| {
+                    Ok(Box::new(HostStorage::new("ipu".into(), b.to_vec()))
+                        as Box<dyn DeviceStorage>)
+                })
+            },
         );
         let s = r.restore(&desc(), &[9; 4], "ipu").ok();
         assert_eq!(s.as_ref().map(|s| s.location()), Some("ipu".to_string()));
-        assert_eq!(r.location_tag(s.as_deref().unwrap_or(&HostStorage::new("x".into(), vec![]))), Some("ipu".into()));
+        assert_eq!(
+            r.location_tag(
+                s.as_deref()
+                    .unwrap_or(&HostStorage::new("x".into(), vec![]))
+            ),
+            Some("ipu".into())
+        );
         let cpu = HostStorage::new("cpu".into(), vec![]);
         assert_eq!(r.location_tag(&cpu), Some("cpu".into()));
     }

@@ -170,7 +170,9 @@ pub fn denied(module: &str, name: &str) -> bool {
         }
     }
     // Dunder attributes are how sandbox escapes reach `__globals__`, `__subclasses__`, ...
-    if name.split('.').any(|part| part.starts_with("__") && part.ends_with("__") && part.len() > 4)
+    if name
+        .split('.')
+        .any(|part| part.starts_with("__") && part.ends_with("__") && part.len() > 4)
         && !(m == "torch" || m.starts_with("torch."))
     {
         return true;

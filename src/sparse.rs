@@ -22,7 +22,10 @@ pub fn to_dense(s: &SparseTensor, ckpt: &Checkpoint, bytes: &dyn StorageBytes) -
         .checked_mul(es as u64)
         .filter(|&t| t <= MAX_DENSE)
         .ok_or_else(|| Error::Unsupported {
-            what: format!("dense equivalent of sparse tensor of shape {:?} is too large", s.shape),
+            what: format!(
+                "dense equivalent of sparse tensor of shape {:?} is too large",
+                s.shape
+            ),
             location: s.layout.clone(),
             hint: "read its component tensors instead".into(),
         })?;

@@ -43,17 +43,27 @@ pub fn run(args: &BenchArgs) -> ptfile::Result<()> {
             // Touch every page so the bytes are really read.
             for s in loaded.storages() {
                 if let Some(b) = s.host_bytes() {
-                    checksum = checksum.wrapping_add(b.iter().step_by(4096).map(|&x| x as u64).sum::<u64>());
+                    checksum = checksum
+                        .wrapping_add(b.iter().step_by(4096).map(|&x| x as u64).sum::<u64>());
                 }
             }
         }
         let load_s = t0.elapsed().as_secs_f64();
-        devices = loaded.report.bytes_by_device().into_iter().map(|(d, _, _)| d).collect();
+        devices = loaded
+            .report
+            .bytes_by_device()
+            .into_iter()
+            .map(|(d, _, _)| d)
+            .collect();
         best_open = best_open.min(open_s);
         best_load = best_load.min(load_s);
         drop(loaded);
     }
-    let gbps = if best_load > 0.0 { bytes as f64 / best_load / 1e9 } else { 0.0 };
+    let gbps = if best_load > 0.0 {
+        bytes as f64 / best_load / 1e9
+    } else {
+        0.0
+    };
     let mut out = std::io::stdout().lock();
     let device = devices.join(",");
     if args.json {

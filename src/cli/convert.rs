@@ -23,7 +23,11 @@ pub struct ConvertArgs {
 /// Runs the subcommand.
 pub fn run(args: &ConvertArgs) -> ptfile::Result<()> {
     Err(ptfile::Error::Unsupported {
-        what: format!("converting {} to {}", args.input.display(), args.output.display()),
+        what: format!(
+            "converting {} to {}",
+            args.input.display(),
+            args.output.display()
+        ),
         location: "ptfile convert".into(),
         hint: "the writer is being built".into(),
     })

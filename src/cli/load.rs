@@ -29,7 +29,11 @@ pub fn loader(map_location: &[String], strict: bool, mmap: bool) -> ptfile::Resu
     Ok(Loader::new()
         .map_location(MapLocation::parse_specs(map_location)?)
         .strict(strict)
-        .cpu_mode(if mmap { CpuMode::Mapped } else { CpuMode::Owned }))
+        .cpu_mode(if mmap {
+            CpuMode::Mapped
+        } else {
+            CpuMode::Owned
+        }))
 }
 
 /// Runs the subcommand.
@@ -40,8 +44,10 @@ pub fn run(args: &LoadArgs) -> ptfile::Result<()> {
     let bar = (std::io::stderr().is_terminal() && total >= 256 << 20).then(|| {
         let b = indicatif::ProgressBar::new(total);
         b.set_style(
-            indicatif::ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {bytes_per_sec}")
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            indicatif::ProgressStyle::with_template(
+                "{bar:40} {bytes}/{total_bytes} {bytes_per_sec}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
         );
         b
     });
@@ -68,12 +74,19 @@ pub fn run(args: &LoadArgs) -> ptfile::Result<()> {
         ptfile::describe::human_bytes(rep.storages.iter().map(|s| s.nbytes).sum())
     );
     for (dev, bytes, n) in rep.bytes_by_device() {
-        let _ = writeln!(out, "  {dev}: {n} storages, {}", ptfile::describe::human_bytes(bytes));
+        let _ = writeln!(
+            out,
+            "  {dev}: {n} storages, {}",
+            ptfile::describe::human_bytes(bytes)
+        );
     }
     let mut reasons: Vec<(String, String, usize)> = Vec::new();
     for s in rep.fallbacks() {
         let r = s.fallback.clone().unwrap_or_default();
-        match reasons.iter_mut().find(|(l, rr, _)| *l == s.location && *rr == r) {
+        match reasons
+            .iter_mut()
+            .find(|(l, rr, _)| *l == s.location && *rr == r)
+        {
             Some(e) => e.2 += 1,
             None => reasons.push((s.location.clone(), r, 1)),
         }

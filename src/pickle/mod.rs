@@ -411,9 +411,10 @@ impl<'a> Machine<'a> {
 
     /// Pops everything down to the last MARK, and the MARK.
     fn pop_mark(&mut self, what: &str) -> R<Vec<NodeId>> {
-        let m = self.marks.pop().ok_or_else(|| {
-            self.err(PickleErrorKind::Stack(format!("{what} without a MARK")))
-        })?;
+        let m = self
+            .marks
+            .pop()
+            .ok_or_else(|| self.err(PickleErrorKind::Stack(format!("{what} without a MARK"))))?;
         Ok(self.stack.split_off(m.min(self.stack.len())))
     }
 

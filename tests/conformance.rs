@@ -1,0 +1,64 @@
+//! The conformance suite on every backend this build has: the CPU, a simulated custom device,
+//! and cuda / wgpu when compiled in (they report "skipped" where the hardware is absent).
+#![cfg(feature = "conformance")]
+
+use std::sync::Arc;
+
+use ptfile::conformance::run;
+use ptfile_backend::{
+    Availability, Backend, BackendError, DeviceStorage, HostStorage, StorageDesc,
+};
+
+/// A device simulated in host memory, as a user's custom backend would be.
+struct Sim;
+
+impl Backend for Sim {
+    fn device_type(&self) -> &str {
+        "simdev"
+    }
+    fn availability(&self) -> Availability {
+        Availability::Available { devices: 2 }
+    }
+    fn materialize(
+        &self,
+        index: Option<usize>,
+        _desc: &StorageDesc<'_>,
+        bytes: &[u8],
+    ) -> Result<Box<dyn DeviceStorage>, BackendError> {
+        Ok(Box::new(HostStorage::new(
+            format!("simdev:{}", index.unwrap_or(0)),
+            bytes.to_vec(),
+        )))
+    }
+}
+
+fn check(b: Arc<dyn Backend>, prio: i32) {
+    let r = run(b, prio);
+    println!("{r}");
+    assert!(r.ok(), "{r}");
+    if r.skipped.is_none() {
+        assert!(r.passed.len() >= 10, "{r}");
+    }
+}
+
+#[test]
+fn cpu_backend_conforms() {
+    check(Arc::new(ptfile::registry::CpuBackend), 10);
+}
+
+#[test]
+fn simulated_custom_backend_conforms() {
+    check(Arc::new(Sim), 11);
+}
+
+#[cfg(feature = "cuda")]
+#[test]
+fn cuda_backend_conforms_or_skips() {
+    check(ptfile_cuda::backend(), 20);
+}
+
+#[cfg(feature = "wgpu")]
+#[test]
+fn wgpu_backend_conforms_or_skips() {
+    check(ptfile_wgpu::backend(), 30);
+}
