@@ -48,7 +48,7 @@ pub fn module_state_dict(o: &Object) -> Option<ModuleStateDict> {
             .unwrap_or_default();
         if let Some(bufs) = op.attr("_buffers") {
             for (k, v) in dict_items(bufs) {
-                if !matches!(v, Object::None) && !non_persistent.iter().any(|n| *n == k) {
+                if !matches!(v, Object::None) && !non_persistent.contains(&k) {
                     out.push((format!("{prefix}{k}"), detached(v)));
                 }
             }

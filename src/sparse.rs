@@ -73,12 +73,12 @@ pub fn to_dense(s: &SparseTensor, ckpt: &Checkpoint, bytes: &dyn StorageBytes) -
             let dense_block = vals.len() / nnz.max(1);
             for j in 0..nnz {
                 let mut flat = 0u64;
-                for d in 0..ndim {
+                for (d, (&size, &stride)) in s.shape.iter().zip(&strides).take(ndim).enumerate() {
                     let i = *idx.get(d * nnz + j).ok_or_else(bad)?;
-                    if i < 0 || i >= s.shape[d] {
+                    if i < 0 || i >= size {
                         return Err(bad());
                     }
-                    flat += i as u64 * strides[d];
+                    flat += i as u64 * stride;
                 }
                 for k in 0..dense_block {
                     put(flat + k as u64, j * dense_block + k, true)?;
@@ -97,8 +97,7 @@ pub fn to_dense(s: &SparseTensor, ckpt: &Checkpoint, bytes: &dyn StorageBytes) -
                 if a < 0 || b < a || b as usize > plain.len() {
                     return Err(bad());
                 }
-                for k in a as usize..b as usize {
-                    let c = plain[k];
+                for (k, &c) in plain.iter().enumerate().take(b as usize).skip(a as usize) {
                     let (row, col) = if csr { (r as i64, c) } else { (c, r as i64) };
                     if row < 0 || col < 0 || row >= s.shape[0] || col >= s.shape[1] {
                         return Err(bad());

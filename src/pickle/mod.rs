@@ -919,7 +919,7 @@ impl<'a> Machine<'a> {
     }
 
     fn pairs(&self, xs: Vec<NodeId>, op: &str) -> R<Vec<(NodeId, NodeId)>> {
-        if xs.len() % 2 != 0 {
+        if !xs.len().is_multiple_of(2) {
             return Err(self.err(PickleErrorKind::Stack(format!(
                 "{op} has an odd number of items ({})",
                 xs.len()

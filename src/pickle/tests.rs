@@ -288,13 +288,8 @@ fn limits_are_enforced() {
         PickleErrorKind::Limit { .. }
     ));
     // A million nested lists parse iteratively (no recursion).
-    let mut b = vec![];
-    for _ in 0..1_000_000 {
-        b.push(b']');
-    }
-    for _ in 0..999_999 {
-        b.push(b'a');
-    }
+    let mut b = vec![b']'; 1_000_000];
+    b.extend(std::iter::repeat_n(b'a', 999_999));
     b.push(b'.');
     assert!(parse(&b, &Limits::default()).is_ok());
 }
