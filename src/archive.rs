@@ -66,33 +66,25 @@ impl Archive {
                 HINT_ZIP,
             ));
         }
-        let mut za = zip::ZipArchive::new(std::io::Cursor::new(bytes)).map_err(|e| {
-            Error::format(format!("invalid zip: {e}"), "central directory", HINT_ZIP)
-        })?;
-        let n = za.len();
-        let mut records = Vec::with_capacity(n.min(1 << 16));
+        let entries = central_directory(bytes)?;
+        let n = entries.len();
+        let mut records = Vec::with_capacity(n);
         let mut index = HashMap::new();
         let mut prefix: Option<String> = None;
-        for i in 0..n {
-            let f = za.by_index_raw(i).map_err(|e| {
-                Error::format(
-                    format!("invalid zip entry {i}: {e}"),
-                    "central directory",
-                    HINT_ZIP,
-                )
-            })?;
-            let full = String::from_utf8_lossy(f.name_raw()).into_owned();
-            let header = f.header_start();
-            let csize = f.compressed_size();
-            let size = f.size();
-            let crc32 = f.crc32();
-            let method = match f.compression() {
-                zip::CompressionMethod::Stored => Method::Stored,
-                zip::CompressionMethod::Deflated => Method::Deflated,
-                #[allow(deprecated)]
-                other => Method::Other(other.to_u16()),
+        for (i, e) in entries.into_iter().enumerate() {
+            let CdEntry {
+                name: full,
+                header,
+                csize,
+                size,
+                crc32,
+                method,
+            } = e;
+            let method = match method {
+                0 => Method::Stored,
+                8 => Method::Deflated,
+                m => Method::Other(m),
             };
-            drop(f);
             let p = match &prefix {
                 Some(p) => p.clone(),
                 None => {
@@ -264,6 +256,178 @@ impl Archive {
         let b = self.read_bounded(rec, 4096)?;
         Ok(Some(String::from_utf8_lossy(&b).trim().to_string()))
     }
+}
+
+/// One central-directory entry.
+struct CdEntry {
+    name: String,
+    header: u64,
+    csize: u64,
+    size: u64,
+    crc32: u32,
+    method: u16,
+}
+
+fn u16_at(b: &[u8], at: usize) -> Option<u16> {
+    Some(u16::from_le_bytes(
+        b.get(at..at.checked_add(2)?)?.try_into().ok()?,
+    ))
+}
+
+fn u32_at(b: &[u8], at: usize) -> Option<u32> {
+    Some(u32::from_le_bytes(
+        b.get(at..at.checked_add(4)?)?.try_into().ok()?,
+    ))
+}
+
+fn u64_at(b: &[u8], at: usize) -> Option<u64> {
+    Some(u64::from_le_bytes(
+        b.get(at..at.checked_add(8)?)?.try_into().ok()?,
+    ))
+}
+
+/// Most central-directory entries accepted (torch writes one per storage plus a few).
+const MAX_ENTRIES: u64 = 10_000_000;
+
+/// Reads the central directory: the end record is found from the end of the file (never by
+/// scanning the data), zip64 records are followed when present (torch always writes them),
+/// and every offset and count is checked against the file before use.
+fn central_directory(b: &[u8]) -> Result<Vec<CdEntry>> {
+    let bad = |what: String, at: String| Error::format(what, at, HINT_ZIP);
+    let len = b.len();
+    // The classic end record: 22 bytes plus a comment of at most 65535 bytes.
+    let lo = len.saturating_sub(22 + 0xffff);
+    let mut eocd = None;
+    let mut at = len.saturating_sub(22);
+    while at >= lo && len >= 22 {
+        if &b[at..at + 4] == b"PK\x05\x06" {
+            let comment = u16_at(b, at + 20).unwrap_or(0) as usize;
+            if at + 22 + comment <= len {
+                eocd = Some(at);
+                break;
+            }
+        }
+        if at == 0 {
+            break;
+        }
+        at -= 1;
+    }
+    let eocd = eocd.ok_or_else(|| {
+        bad(
+            "no end-of-central-directory record (the file is truncated or not a zip)".into(),
+            format!("last {} bytes", len - lo),
+        )
+    })?;
+    let field = |o: usize| u32_at(b, eocd + o).unwrap_or(0) as u64;
+    let mut count = u16_at(b, eocd + 10).unwrap_or(0) as u64;
+    let mut cd_size = field(12);
+    let mut cd_off = field(16);
+    let disk = u16_at(b, eocd + 4).unwrap_or(0);
+    if disk != 0 {
+        return Err(Error::Unsupported {
+            what: "a multi-disk zip archive".into(),
+            location: format!("byte offset {eocd}"),
+            hint: "join the parts into one file".into(),
+        });
+    }
+    let mut cd_end_limit = eocd as u64;
+    // zip64: a locator 20 bytes before the classic end record.
+    if eocd >= 20 && &b[eocd - 20..eocd - 16] == b"PK\x06\x07" {
+        let z64 = u64_at(b, eocd - 20 + 8).unwrap_or(u64::MAX);
+        let z = usize::try_from(z64)
+            .ok()
+            .filter(|&z| z.checked_add(56).is_some_and(|e| e <= eocd - 20))
+            .filter(|&z| &b[z..z + 4] == b"PK\x06\x06")
+            .ok_or_else(|| {
+                bad(
+                    format!("zip64 end record offset {z64} is invalid"),
+                    format!("zip64 locator at byte offset {}", eocd - 20),
+                )
+            })?;
+        count = u64_at(b, z + 32).unwrap_or(0);
+        cd_size = u64_at(b, z + 40).unwrap_or(0);
+        cd_off = u64_at(b, z + 48).unwrap_or(0);
+        cd_end_limit = z as u64;
+    }
+    let cd_end = cd_off
+        .checked_add(cd_size)
+        .filter(|&e| e <= cd_end_limit)
+        .ok_or_else(|| {
+            bad(
+                format!("central directory ({cd_size} bytes at offset {cd_off}) lies past its end record"),
+                format!("end record at byte offset {eocd}"),
+            )
+        })?;
+    if count > cd_size / 46 || count > MAX_ENTRIES {
+        return Err(bad(
+            format!("central directory claims {count} entries in {cd_size} bytes"),
+            format!("byte offset {cd_off}"),
+        ));
+    }
+    let mut out = Vec::with_capacity(count as usize);
+    let mut p = cd_off as usize;
+    for i in 0..count {
+        let h = b
+            .get(p..p + 46)
+            .filter(|h| &h[..4] == b"PK\x01\x02" && (p + 46) as u64 <= cd_end)
+            .ok_or_else(|| {
+                bad(
+                    format!("central directory entry {i} is damaged"),
+                    format!("byte offset {p}"),
+                )
+            })?;
+        let method = u16::from_le_bytes([h[10], h[11]]);
+        let crc32 = u32::from_le_bytes([h[16], h[17], h[18], h[19]]);
+        let mut csize = u32::from_le_bytes([h[20], h[21], h[22], h[23]]) as u64;
+        let mut size = u32::from_le_bytes([h[24], h[25], h[26], h[27]]) as u64;
+        let n = u16::from_le_bytes([h[28], h[29]]) as usize;
+        let x = u16::from_le_bytes([h[30], h[31]]) as usize;
+        let c = u16::from_le_bytes([h[32], h[33]]) as usize;
+        let mut header = u32::from_le_bytes([h[42], h[43], h[44], h[45]]) as u64;
+        let name_at = p + 46;
+        let next = name_at + n + x + c;
+        if next as u64 > cd_end {
+            return Err(bad(
+                format!("central directory entry {i} runs past the directory"),
+                format!("byte offset {p}"),
+            ));
+        }
+        let name = String::from_utf8_lossy(&b[name_at..name_at + n]).into_owned();
+        // zip64 extended information: the 0xFFFFFFFF fields, in order.
+        let mut e = name_at + n;
+        let extra_end = e + x;
+        while e + 4 <= extra_end {
+            let id = u16_at(b, e).unwrap_or(0);
+            let sz = u16_at(b, e + 2).unwrap_or(0) as usize;
+            let body = e + 4;
+            if body + sz > extra_end {
+                break;
+            }
+            if id == 1 {
+                let mut q = body;
+                let mut take = |v: &mut u64| {
+                    if *v == 0xffff_ffff && q + 8 <= body + sz {
+                        *v = u64_at(b, q).unwrap_or(*v);
+                        q += 8;
+                    }
+                };
+                take(&mut size);
+                take(&mut csize);
+                take(&mut header);
+            }
+            e = body + sz;
+        }
+        out.push(CdEntry {
+            name,
+            header,
+            csize,
+            size,
+            crc32,
+            method,
+        });
+        p = next;
+    }
+    Ok(out)
 }
 
 /// Data offset of the record whose local header is at `header`: `header + 30 + name_len +
