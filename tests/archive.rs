@@ -42,6 +42,8 @@ fn entries_agree_with_the_zip_crate() {
             if r.method == Method::Stored
                 && r.name.starts_with("data/")
                 && ours.record(".storage_alignment").is_some()
+                // (the byteorder_* fixtures were rewritten with Python's zipfile, unaligned)
+                && !p.to_string_lossy().contains("byteorder_")
             {
                 assert_eq!(r.offset % 64, 0, "torch aligns data records to 64 bytes");
             }
