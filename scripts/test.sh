@@ -42,7 +42,7 @@ echo "$(cargo --version), $(rustc --version)"
 
 if [ "${PTFILE_SKIP_LINT:-0}" != 1 ]; then
     step "cargo fmt --all --check"
-    if ! cargo fmt --all --check; then
+    if ! cargo fmt --all --check -- --color never; then
         echo "error: code is not formatted: run 'cargo fmt --all'" >&2
         exit 1
     fi

@@ -26,6 +26,11 @@ const DEFAULT_COUNT: u32 = 20;
 /// storage dtype torch 2.15 has. Add a name here only with an issue that tracks it.
 const EXCLUDED_DTYPES: &[&str] = &[];
 
+/// File variants of gen_random.py ("zip", "legacy", "big") that ptfile does not read yet, as
+/// NOT_YET_SUPPORTED in tests/fixtures_check.rs. Empty this when the legacy format lands.
+const NOT_YET_SUPPORTED_FORMATS: &[&str] = &["legacy"];
+const ALL_FORMATS: &[&str] = &["zip", "legacy", "big"];
+
 fn varying_seed() -> u64 {
     if let Some(s) = std::env::var_os("PTFILE_INTEROP_SEED") {
         let s = s.to_string_lossy();
@@ -63,6 +68,12 @@ fn gen_random(python: &Path, dir: &Path, seed: u64, count: u32) {
     if !EXCLUDED_DTYPES.is_empty() {
         c.arg("--exclude-dtypes").arg(EXCLUDED_DTYPES.join(","));
     }
+    let formats: Vec<&str> = ALL_FORMATS
+        .iter()
+        .copied()
+        .filter(|f| !NOT_YET_SUPPORTED_FORMATS.contains(f))
+        .collect();
+    c.arg("--formats").arg(formats.join(","));
     let out = c
         .output()
         .unwrap_or_else(|e| panic!("cannot run {}: {e}", python.display()));

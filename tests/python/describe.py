@@ -35,12 +35,10 @@ Conventions (reverse-engineered from the fixtures written by torch 2.15):
 """
 import collections
 import hashlib
-import io
 import json
 import math
 import os
 import pickle
-import struct
 import sys
 import types
 import warnings

@@ -218,7 +218,7 @@ class Gen:
             base = r.choice(self.bases) if self.bases and r.random() < 0.6 else self.new_base()
             t = self.view(base)
             if r.random() < 0.3:
-                t = self.view(t.contiguous()) if t.numel() and r.random() < 0.2 else t
+                t = self.view(t.contiguous()) if t.numel() and t.dim() and r.random() < 0.2 else t
             if r.random() < 0.25 and base is not t:
                 self.tensors.append(base)
         elif choice == "param":
