@@ -11,6 +11,7 @@
 #   PTFILE_SKIP_APT=1      do not install Debian packages
 #   PTFILE_TORCH_SPEC=...  the pip requirement for torch (default: torch)
 #   PYTHON=...             the interpreter that creates the venv (default: python3)
+#   PTFILE_LVP_ICD=...     the lavapipe ICD file whose absence means "install it"
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -18,22 +19,24 @@ ROOT=$PWD
 VENV="$ROOT/.venv"
 PY="${PYTHON:-python3}"
 TORCH_SPEC="${PTFILE_TORCH_SPEC:-torch}"
-LVP_ICD=/usr/share/vulkan/icd.d/lvp_icd.x86_64.json
+LVP_ICD="${PTFILE_LVP_ICD:-/usr/share/vulkan/icd.d/lvp_icd.$(uname -m).json}"
 
 say() { echo "[setup-test-env] $*"; }
 
 # ---------------------------------------------------------------------------------------------
 # 1. Python venv with torch
 # ---------------------------------------------------------------------------------------------
-venv_ok() {
+# Prints the versions when .venv imports everything the tests need (one Python start: torch's
+# import is most of the time this script takes when there is nothing to do).
+venv_versions() {
     [ -x "$VENV/bin/python" ] &&
-        "$VENV/bin/python" -c "import torch, numpy, safetensors" >/dev/null 2>&1
+        "$VENV/bin/python" -c 'import torch, numpy, safetensors; print("torch", torch.__version__, "numpy", numpy.__version__, "safetensors", safetensors.__version__)' 2>/dev/null
 }
 
 if [ "${PTFILE_SKIP_VENV:-0}" = 1 ]; then
     say "PTFILE_SKIP_VENV=1: not touching .venv"
-elif venv_ok; then
-    say ".venv ready: $("$VENV/bin/python" -c 'import torch, numpy, safetensors; print("torch", torch.__version__, "numpy", numpy.__version__, "safetensors", safetensors.__version__)')"
+elif versions=$(venv_versions); then
+    say ".venv ready: $versions"
 else
     if ! command -v "$PY" >/dev/null 2>&1; then
         say "no $PY on PATH: cannot create .venv (the interop tests will skip)"
@@ -49,7 +52,7 @@ else
                     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
                     "$PY" -m venv "$VENV"
                 else
-                    say "python3 -m venv failed and apt is unavailable"
+                    say "$PY -m venv failed (if it lacks ensurepip: apt-get install python3-venv as root)"
                     exit 1
                 fi
             fi
@@ -61,8 +64,8 @@ else
         say "pip done in $(( $(date +%s) - start )) s"
         # The pip cache of a 5 GB install is only dead weight on a CI machine.
         if [ "${CI:-}" = true ]; then "$VENV/bin/python" -m pip cache purge >/dev/null 2>&1 || true; fi
-        if venv_ok; then
-            say ".venv ready: $("$VENV/bin/python" -c 'import torch; print("torch", torch.__version__)')"
+        if versions=$(venv_versions); then
+            say ".venv ready: $versions"
         else
             say "ERROR: .venv still cannot import torch, numpy, safetensors"
             "$VENV/bin/python" -c "import torch, numpy, safetensors" || true
