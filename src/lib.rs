@@ -43,6 +43,7 @@ pub mod modules;
 pub mod pickle;
 pub mod registry;
 pub mod safety;
+pub mod save;
 pub mod source;
 pub mod sparse;
 pub mod torchscript;

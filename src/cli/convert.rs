@@ -2,33 +2,60 @@
 
 use std::path::PathBuf;
 
+use ptfile::save::{NonTensors, SaveFormat, SaveOptions};
+
 /// Arguments of `ptfile convert`.
 #[derive(clap::Args, Debug)]
 pub struct ConvertArgs {
     /// The checkpoint to read.
     pub input: PathBuf,
-    /// Where to write (`.safetensors` exports safetensors).
+    /// Where to write (`.safetensors` exports safetensors). Written atomically: an existing
+    /// file is replaced only once the new one is complete.
     pub output: PathBuf,
-    /// Output format: `zip` (torch >= 1.6, default) or `legacy` (`_use_new_zipfile_serialization=False`).
-    #[arg(long, default_value = "zip")]
-    pub format: String,
+    /// Output format: `zip` (torch >= 1.6, default), `legacy`
+    /// (`_use_new_zipfile_serialization=False`) or `safetensors` (default for `*.safetensors`).
+    #[arg(long)]
+    pub format: Option<String>,
     /// Retag storages: `LOC` or `OLD=NEW` (repeatable), as torch's map_location.
     #[arg(long = "map-location")]
     pub map_location: Vec<String>,
     /// Rewrite each storage to the byte range its views use.
     #[arg(long)]
     pub compact: bool,
+    /// safetensors export: what to do with values that are not tensors: `error` (default),
+    /// `metadata` (strings in `__metadata__`) or `skip`.
+    #[arg(long = "non-tensors", default_value = "error")]
+    pub non_tensors: String,
+    /// Do not flush the output to disk before renaming it into place (faster, less durable).
+    #[arg(long = "no-sync")]
+    pub no_sync: bool,
 }
 
 /// Runs the subcommand.
 pub fn run(args: &ConvertArgs) -> ptfile::Result<()> {
-    Err(ptfile::Error::Unsupported {
-        what: format!(
-            "converting {} to {}",
-            args.input.display(),
-            args.output.display()
-        ),
-        location: "ptfile convert".into(),
-        hint: "the writer is being built".into(),
-    })
+    let format = match &args.format {
+        Some(f) => SaveFormat::parse(f)?,
+        None => SaveFormat::for_path(&args.output),
+    };
+    let non_tensors = match args.non_tensors.as_str() {
+        "error" => NonTensors::Error,
+        "metadata" => NonTensors::Metadata,
+        "skip" => NonTensors::Skip,
+        other => {
+            return Err(ptfile::Error::Usage(format!(
+                "--non-tensors {other}: expected error, metadata or skip"
+            )))
+        }
+    };
+    let opts = SaveOptions {
+        format: Some(format),
+        map_location: ptfile::MapLocation::parse_specs(&args.map_location)?,
+        compact: args.compact,
+        sync: !args.no_sync,
+        non_tensors,
+        ..SaveOptions::default()
+    };
+    let ckpt = ptfile::Checkpoint::open(&args.input)?;
+    ptfile::save::save_checkpoint(&ckpt, &args.output, &opts)?;
+    Ok(())
 }
