@@ -76,6 +76,15 @@ pub fn describe_with(
     bytes: &dyn StorageBytes,
     opts: &DescribeOptions,
 ) -> Result<Value> {
+    if let Some((u, e)) = crate::model::is_amplified(root) {
+        return Err(Error::Unsupported {
+            what: format!(
+                "the object tree shares structure: its {u} objects expand to {e} nodes when written out (a memo bomb)"
+            ),
+            location: "data.pkl".into(),
+            hint: "refusing to print it; the tensors can still be loaded through the library".into(),
+        });
+    }
     let mut d = Describer {
         ckpt,
         bytes,
@@ -106,6 +115,10 @@ pub fn describe_with(
         "storages": storages,
     }))
 }
+
+/// Views may expand their storage (stride 0) by at most this many bytes beyond 4x its size
+/// before ptfile declines to hash them.
+const MAX_EXPANDED_HASH: u64 = 256 << 20;
 
 struct Describer<'a> {
     ckpt: &'a Checkpoint,
@@ -235,7 +248,11 @@ impl Describer<'_> {
                 let mut m = Map::new();
                 m.insert("type".into(), json!("script_module"));
                 m.insert("class".into(), json!(sm.class));
-                m.insert("state_dict".into(), self.state_dict(&sm.state_dict)?);
+                let mut sd = self.state_dict(&sm.state_dict)?;
+                if let Some(md) = &sm.metadata {
+                    sd["metadata"] = self.node(md)?;
+                }
+                m.insert("state_dict".into(), sd);
                 Value::Object(m)
             }
             Object::Cycle => json!({"type": "cycle"}),
@@ -277,11 +294,25 @@ impl Describer<'_> {
                 self.used[si] = true;
                 m.insert("device".into(), json!(self.bytes.storage_device(si)));
                 m.insert("storage".into(), json!(si));
-                let bytes = self.bytes.storage_bytes(si)?;
-                let (sha, values) = tensor_digest(t, &bytes, self.opts.max_values);
-                m.insert("sha256".into(), json!(sha));
-                if let Some(v) = values {
-                    m.insert("values".into(), v);
+                let nbytes = self.ckpt.storages[si].nbytes;
+                let view_bytes = t.numel().saturating_mul(t.dtype.element_size() as u64);
+                if view_bytes > nbytes.saturating_mul(4).saturating_add(MAX_EXPANDED_HASH) {
+                    // A stride-0 view repeating a small storage billions of times: hashing
+                    // it would cost time the file does not pay for. Say so instead.
+                    m.insert("sha256".into(), Value::Null);
+                    m.insert(
+                        "note".into(),
+                        json!(format!(
+                            "not hashed: the view repeats {nbytes} storage bytes as {view_bytes} bytes"
+                        )),
+                    );
+                } else {
+                    let bytes = self.bytes.storage_bytes(si)?;
+                    let (sha, values) = tensor_digest(t, &bytes, self.opts.max_values);
+                    m.insert("sha256".into(), json!(sha));
+                    if let Some(v) = values {
+                        m.insert("values".into(), v);
+                    }
                 }
             }
         }
@@ -568,7 +599,16 @@ pub fn human(ckpt: &Checkpoint) -> String {
     for n in &ckpt.notes {
         let _ = writeln!(s, "{n}");
     }
-    let tensors = ckpt.root.tensors(1_000_000);
+    let tensors = match crate::model::is_amplified(&ckpt.root) {
+        Some((u, e)) => {
+            let _ = writeln!(
+                s,
+                "note: the object tree shares structure ({u} objects expand to {e} nodes): tensors are not listed by path"
+            );
+            Vec::new()
+        }
+        None => ckpt.root.tensors(1_000_000),
+    };
     let width = tensors
         .iter()
         .map(|(k, _)| k.len())

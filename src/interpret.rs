@@ -59,7 +59,6 @@ pub struct ZipPersistentLoad {
 pub fn storage_class_dtype(cls: &Object, at: &str) -> Result<Option<DType>> {
     let name = match cls {
         Object::Global(g) => g.to_string(),
-        Object::Str(s) => s.to_string(),
         other => {
             return Err(Error::invalid(
                 format!("storage type in persistent id is a {}", type_name(other)),
@@ -107,7 +106,7 @@ impl PersistentLoad for ZipPersistentLoad {
                 ))
             }
         };
-        if items.len() < 5 || items[0].as_str() != Some("storage") {
+        if items.len() != 5 || items[0].as_str() != Some("storage") {
             return Err(Error::invalid(
                 format!(
                     "persistent id has {} items, expected ('storage', type, key, location, numel)",
@@ -168,7 +167,7 @@ pub struct InterpretOptions {
 
 impl Default for InterpretOptions {
     fn default() -> Self {
-        InterpretOptions { max_depth: 512 }
+        InterpretOptions { max_depth: 256 }
     }
 }
 
@@ -384,10 +383,6 @@ impl Interp<'_> {
                 let xs = xs.clone();
                 self.conv_all(&xs, depth)
             }
-            Node::List(xs) => {
-                let xs = xs.clone();
-                self.conv_all(&xs, depth)
-            }
             other => Err(self.invalid(format!(
                 "call arguments are a {}, not a tuple",
                 crate::pickle::kind_name(other)
@@ -397,6 +392,12 @@ impl Interp<'_> {
 
     fn call(&mut self, call: &Call, depth: usize) -> Result<Object> {
         let Some((module, name)) = self.global_name(call.callable) else {
+            // A class given by a persistent id (the legacy format's ('module', cls, ...)).
+            if let Node::PersId(_) = self.p.node(call.callable) {
+                if let Object::Global(g) = self.conv(call.callable, depth + 1)? {
+                    return self.opaque(g.to_string(), call, depth);
+                }
+            }
             // Calling something that is not a global (a value built earlier): keep it opaque.
             return self.opaque("<call>".to_string(), call, depth);
         };
@@ -780,9 +781,11 @@ impl Interp<'_> {
             "_rebuild_tensor_v2" => 6,
             _ => 7,
         };
-        if args.len() < need {
+        // The optional last argument is the metadata dict (v2, v3).
+        let most = if need == 4 { 4 } else { need + 1 };
+        if args.len() < need || args.len() > most {
             return Err(self.invalid(format!(
-                "{fname} needs {need} arguments, got {}",
+                "{fname} takes {need} to {most} arguments, got {}",
                 args.len()
             )));
         }

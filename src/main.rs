@@ -34,7 +34,53 @@ enum Cmd {
     Convert(cli::convert::ConvertArgs),
 }
 
+/// Stack for the worker thread: nesting is bounded by the interpreter's limit, but a debug
+/// build's frames are large.
+const STACK: usize = 64 << 20;
+
 fn main() -> ExitCode {
+    match std::thread::Builder::new()
+        .name("ptfile".into())
+        .stack_size(STACK)
+        .spawn(real_main)
+        .map(|h| h.join())
+    {
+        Ok(Ok(code)) => code,
+        _ => {
+            eprintln!(
+                "ptfile: internal error (the worker thread failed); please report it with the file"
+            );
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Makes an error message one bounded line: control characters escaped, long runs cut.
+fn one_line(msg: &str) -> String {
+    let mut s = String::with_capacity(msg.len().min(4096));
+    for c in msg.chars() {
+        match c {
+            '\n' => s.push_str("\\n"),
+            '\r' => s.push_str("\\r"),
+            '\t' => s.push(' '),
+            c if c.is_control() => s.push_str(&format!("\\u{{{:x}}}", c as u32)),
+            c => s.push(c),
+        }
+    }
+    const MAX: usize = 2000;
+    let chars: Vec<char> = s.chars().collect();
+    if chars.len() > MAX {
+        let head: String = chars[..1200].iter().collect();
+        let tail: String = chars[chars.len() - 600..].iter().collect();
+        s = format!(
+            "{head} [... {} characters cut ...] {tail}",
+            chars.len() - 1800
+        );
+    }
+    s
+}
+
+fn real_main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
@@ -46,8 +92,7 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            let msg = e.to_string().replace('\n', " ");
-            eprintln!("ptfile: {msg}");
+            eprintln!("ptfile: {}", one_line(&e.to_string()));
             ExitCode::from(e.exit_code() as u8)
         }
     }

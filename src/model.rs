@@ -182,6 +182,8 @@ pub struct ScriptModule {
     pub class: String,
     /// Parameters and buffers by dotted name, as `torch.jit.load(f).state_dict()` gives them.
     pub state_dict: Vec<(String, Object)>,
+    /// The state dict's `_metadata` (`{prefix: {'version': 1}}` per module), when known.
+    pub metadata: Option<Object>,
 }
 
 /// A storage: one record of raw bytes that tensors view.
@@ -312,4 +314,86 @@ pub fn key_text(k: &Object) -> String {
         ),
         _ => "<key>".into(),
     }
+}
+
+/// Sizes of an object tree: (distinct objects, nodes once every shared subtree is written out
+/// in full). A pickle's memo can share one container many times over, so a small file can
+/// describe an exponentially large tree; callers that write the tree out compare the two.
+/// Recursion is bounded by the interpreter's nesting limit.
+pub fn expansion(root: &Object) -> (u64, u64) {
+    fn ptr(o: &Object) -> Option<usize> {
+        Some(match o {
+            Object::Tuple(x) | Object::List(x) | Object::Set(x) | Object::FrozenSet(x) => {
+                x.as_ptr() as usize
+            }
+            Object::Dict(d) => d.as_ptr() as usize,
+            Object::OrderedDict(d) => Arc::as_ptr(d) as usize,
+            Object::Opaque(d) => Arc::as_ptr(d) as usize,
+            Object::ScriptModule(d) => Arc::as_ptr(d) as usize,
+            _ => return None,
+        })
+    }
+    fn children(o: &Object, f: &mut dyn FnMut(&Object)) {
+        match o {
+            Object::Tuple(x) | Object::List(x) | Object::Set(x) | Object::FrozenSet(x) => {
+                x.iter().for_each(f)
+            }
+            Object::Dict(d) => d.iter().for_each(|(k, v)| {
+                f(k);
+                f(v)
+            }),
+            Object::OrderedDict(d) => {
+                d.items.iter().for_each(|(k, v)| {
+                    f(k);
+                    f(v)
+                });
+                if let Some(m) = &d.metadata {
+                    f(m)
+                }
+            }
+            Object::Opaque(d) => {
+                d.args.iter().for_each(&mut *f);
+                for x in d
+                    .kwargs
+                    .iter()
+                    .chain(d.state.iter())
+                    .chain(d.appends.iter())
+                {
+                    f(x)
+                }
+                d.items.iter().for_each(|(k, v)| {
+                    f(k);
+                    f(v)
+                });
+            }
+            Object::ScriptModule(m) => m.state_dict.iter().for_each(|(_, v)| f(v)),
+            _ => {}
+        }
+    }
+    fn walk(o: &Object, memo: &mut std::collections::HashMap<usize, u64>, unique: &mut u64) -> u64 {
+        let key = ptr(o);
+        if let Some(k) = key {
+            if let Some(&n) = memo.get(&k) {
+                return n;
+            }
+        }
+        *unique += 1;
+        let mut n: u64 = 1;
+        children(o, &mut |c| n = n.saturating_add(walk(c, memo, unique)));
+        if let Some(k) = key {
+            memo.insert(k, n);
+        }
+        n
+    }
+    let mut memo = std::collections::HashMap::new();
+    let mut unique = 0;
+    let expanded = walk(root, &mut memo, &mut unique);
+    (unique, expanded)
+}
+
+/// Whether writing `root` out in full would expand shared structure far beyond the objects
+/// it holds (a memo bomb): more than 16 nodes per distinct object and 100 000 in all.
+pub fn is_amplified(root: &Object) -> Option<(u64, u64)> {
+    let (u, e) = expansion(root);
+    (e > u.saturating_mul(16).saturating_add(100_000)).then_some((u, e))
 }

@@ -86,6 +86,76 @@ const DENY_MODULES: &[&str] = &[
     "torch.classes",
     "torch._ops",
     "torch.fx",
+    "torch.distributed",
+    "torch.multiprocessing",
+    "torch.utils.collect_env",
+    "torch.utils.bottleneck",
+    "pydoc",
+    "antigravity",
+    "idlelib",
+    "ensurepip",
+    "venv",
+    "zipapp",
+    "compileall",
+    "py_compile",
+    "imaplib",
+    "poplib",
+    "nntplib",
+    "xmlrpc",
+    "smtpd",
+    "cgi",
+    "cgitb",
+    "wsgiref",
+    "mailcap",
+    "doctest",
+    "unittest",
+    "tkinter",
+    "turtle",
+    "uuid",
+    "sqlite3",
+    "dbm",
+    "shelve",
+    "logging",
+    "numpy.f2py",
+    "numpy.distutils",
+    "numpy.ctypeslib",
+];
+
+/// Attribute names that only serve code execution, wherever they are reached from.
+const DENY_ATTRS: &[&str] = &[
+    "system",
+    "popen",
+    "Popen",
+    "exec",
+    "eval",
+    "execv",
+    "execve",
+    "execl",
+    "spawn",
+    "spawnv",
+    "call",
+    "check_call",
+    "check_output",
+    "run",
+    "getstatusoutput",
+    "getoutput",
+    "load",
+    "loads",
+    "__import__",
+    "import_module",
+    "compile",
+    "open",
+    "fork",
+    "kill",
+    "remove",
+    "unlink",
+    "rmtree",
+    "_run_code",
+    "_run_module_code",
+    "run_path",
+    "run_module",
+    "pipepager",
+    "tempfilepager",
 ];
 
 /// Single globals that are refused.
@@ -162,7 +232,22 @@ pub fn denied(module: &str, name: &str) -> bool {
             return true;
         }
     }
-    // A dotted name reaching through an attribute (`getattr` chains written as names).
+    // A dotted name reaches through attributes (`torch.serialization` + `os.system` is
+    // `os.system`): every component is checked as a module, the last as an attribute.
+    if name.contains('.') {
+        let parts: Vec<&str> = name.split('.').collect();
+        for (k, part) in parts.iter().enumerate() {
+            let as_module = parts[..=k].join(".");
+            if DENY_MODULES.iter().any(|d| *d == *part || *d == as_module) {
+                return true;
+            }
+        }
+        if let Some(last) = parts.last() {
+            if DENY_ATTRS.contains(last) {
+                return true;
+            }
+        }
+    }
     let first = name.split('.').next().unwrap_or(name);
     for (dm, dn) in DENY_NAMES {
         if m == *dm && (name == *dn || first == *dn) {
@@ -208,6 +293,10 @@ mod tests {
             ("torch.serialization", "load"),
             ("os.path", "join"),
             ("builtins", "object.__subclasses__"),
+            ("torch.serialization", "os.system"),
+            ("torch", "serialization.os.system"),
+            ("pydoc", "pipepager"),
+            ("collections", "os.system"),
         ] {
             assert!(denied(m, n), "{m}.{n} must be denied");
         }

@@ -132,6 +132,9 @@ pub struct Limits {
     pub max_marks: usize,
     /// Largest integer (`LONG1`, `LONG4`, protocol-0 `LONG`), in bytes.
     pub max_int_bytes: usize,
+    /// Most container items in all (every element a list, tuple, dict, set or object holds):
+    /// bounds the memory of files that append one memoized value millions of times.
+    pub max_items: usize,
 }
 
 impl Default for Limits {
@@ -142,6 +145,7 @@ impl Default for Limits {
             max_stack: 10_000_000,
             max_marks: 1_000_000,
             max_int_bytes: 8192,
+            max_items: 10_000_000,
         }
     }
 }
@@ -270,6 +274,7 @@ struct Machine<'a> {
     marks: Vec<usize>,
     memo: HashMap<u64, NodeId>,
     protocol: u8,
+    items: usize,
 }
 
 type R<T> = Result<T, PickleError>;
@@ -286,6 +291,7 @@ impl<'a> Machine<'a> {
             marks: Vec::new(),
             memo: HashMap::new(),
             protocol: 0,
+            items: 0,
         }
     }
 
@@ -384,7 +390,24 @@ impl<'a> Machine<'a> {
         Ok(())
     }
 
+    /// Counts `n` container items against [`Limits::max_items`].
+    fn count_items(&mut self, n: usize) -> R<()> {
+        self.items = self.items.saturating_add(n);
+        if self.items > self.limits.max_items {
+            return Err(self.err(PickleErrorKind::Limit {
+                what: "container item count",
+                limit: self.limits.max_items,
+            }));
+        }
+        Ok(())
+    }
+
     fn push_new(&mut self, node: Node) -> R<()> {
+        if let Node::Tuple(xs) | Node::List(xs) | Node::FrozenSet(xs) = &node {
+            self.count_items(xs.len())?;
+        } else if let Node::Dict(xs) = &node {
+            self.count_items(xs.len())?;
+        }
         let id = self.add(node)?;
         self.push(id)
     }
@@ -485,6 +508,7 @@ impl<'a> Machine<'a> {
     }
 
     fn set_items(&mut self, target: NodeId, pairs: Vec<(NodeId, NodeId)>, op: &str) -> R<()> {
+        self.count_items(pairs.len())?;
         match &mut self.nodes[target as usize] {
             Node::Dict(items) => items.extend(pairs),
             Node::Call(c) => c.items.extend(pairs),
@@ -499,6 +523,7 @@ impl<'a> Machine<'a> {
     }
 
     fn append_items(&mut self, target: NodeId, xs: Vec<NodeId>, op: &str) -> R<()> {
+        self.count_items(xs.len())?;
         match &mut self.nodes[target as usize] {
             Node::List(items) => items.extend(xs),
             Node::Call(c) => c.appends.extend(xs),
@@ -796,6 +821,7 @@ impl<'a> Machine<'a> {
                 }
                 0x90 => {
                     let xs = self.pop_mark("ADDITEMS")?;
+                    self.count_items(xs.len())?;
                     let s = self.top("ADDITEMS")?;
                     match &mut self.nodes[s as usize] {
                         Node::Set(items) => items.extend(xs),
