@@ -95,7 +95,7 @@ fn flatten<'a>(o: &'a Object, path: String, depth: usize, out: &mut Flat<'a>) ->
     match o {
         Object::Tensor(t) => out.tensors.push((path, t)),
         Object::Dict(_) | Object::OrderedDict(_) | Object::Tuple(_) | Object::List(_)
-            if has_tensor(o, depth) =>
+            if depth == 0 || has_tensor(o, depth) =>
         {
             let items: Vec<(String, &Object)> = match o {
                 Object::Dict(d) => d.iter().map(|(k, v)| (key_text(k), v)).collect(),
@@ -306,7 +306,7 @@ pub(crate) fn save(
     if !matches!(root, Object::Dict(_) | Object::OrderedDict(_)) {
         return Err(Error::Unsupported {
             what: format!(
-                "safetensors holds a dict of tensors, and the object is a {}",
+                "safetensors holds a dict of tensors; the object to save is of type {}",
                 crate::interpret::type_name(root)
             ),
             location: "the root object".into(),
