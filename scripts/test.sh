@@ -3,14 +3,16 @@
 #
 #   1. scripts/setup-test-env.sh: .venv with torch (interop tests), lavapipe (wgpu tests)
 #   2. cargo fmt --check, then cargo clippy -D warnings over every target and feature
-#   3. cargo test over the whole workspace with the wgpu, cuda and conformance features
+#   3. cargo test over the whole workspace with the wgpu, cuda and conformance features:
+#      doc tests, then the unit and integration tests
 #
-# The test run is last, so the output ends with cargo's own summary; the script exits with
-# the status of the first step that failed.
+# The test run is last, so the output ends with cargo's own summary; the script exits
+# non-zero when any step failed.
 #
 # Environment:
 #   PTFILE_SKIP_LINT=1   skip step 2 (a quick local run)
-#   PTFILE_TEST_ARGS     extra arguments for cargo test, e.g. "--test fixtures_check"
+#   PTFILE_TEST_ARGS     cargo test's target selection instead of every test (and no doc
+#                        tests), e.g. "--test fixtures_check --test interop_read"
 #   and those of setup-test-env.sh (PTFILE_SKIP_VENV, PTFILE_SKIP_APT, ...)
 set -euo pipefail
 
@@ -35,6 +37,11 @@ if [ "${CI:-}" = true ]; then
     export CARGO_INCREMENTAL=0
 fi
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+# The Vulkan loader (wgpu on lavapipe) complains on every start when this is unset.
+if [ -z "${XDG_RUNTIME_DIR:-}" ]; then
+    XDG_RUNTIME_DIR=$(mktemp -d "${TMPDIR:-/tmp}/ptfile-xdg.XXXXXX")
+    export XDG_RUNTIME_DIR
+fi
 # Backtraces in test failures, without the full frame dump.
 export RUST_BACKTRACE="${RUST_BACKTRACE:-1}"
 
@@ -51,6 +58,25 @@ if [ "${PTFILE_SKIP_LINT:-0}" != 1 ]; then
     cargo clippy --workspace --all-targets --features "$FEATURES" -- -D warnings
 fi
 
-step "cargo test --workspace --features $FEATURES"
-# shellcheck disable=SC2086  # PTFILE_TEST_ARGS is a list of words
-exec cargo test --workspace --features "$FEATURES" --no-fail-fast ${PTFILE_TEST_ARGS:-}
+# Doc tests first: the run that comes last then ends on the summary of a real test binary
+# (a doc-test crate with no examples would close the output on "0 passed").
+set +e
+if [ -z "${PTFILE_TEST_ARGS:-}" ]; then
+    step "cargo test --workspace --features $FEATURES --doc"
+    cargo test --workspace --features "$FEATURES" --no-fail-fast --doc
+    doc_status=$?
+else
+    doc_status=0
+fi
+
+TARGETS="${PTFILE_TEST_ARGS:---lib --bins --tests}"
+step "cargo test --workspace --features $FEATURES $TARGETS"
+# shellcheck disable=SC2086  # TARGETS is a list of words
+cargo test --workspace --features "$FEATURES" --no-fail-fast $TARGETS
+status=$?
+set -e
+if [ "$status" -eq 0 ] && [ "$doc_status" -ne 0 ]; then
+    echo "error: the doc tests failed (above)" >&2
+    status=$doc_status
+fi
+exit "$status"
