@@ -224,7 +224,7 @@ impl Checkpoint {
         if self.byteorder == ByteOrder::Little {
             return Ok(Cow::Borrowed(raw));
         }
-        let unit = self.storages[i].dtype.swap_unit();
+        let unit = self.storages[i].swap_unit();
         let mut v = raw.to_vec();
         swap_in_place(&mut v, unit);
         Ok(Cow::Owned(v))

@@ -440,9 +440,11 @@ pub fn for_each_element(t: &Tensor, mut f: impl FnMut(usize)) {
 /// has at most `max_values` elements.
 pub fn tensor_digest(t: &Tensor, bytes: &[u8], max_values: u64) -> (String, Option<Value>) {
     let es = t.dtype.element_size();
+    let (conj, neg) = view_bits(t);
+    let xform = conj || neg;
     let mut h = Sha256::new();
     let n = t.numel();
-    if t.is_contiguous() {
+    if t.is_contiguous() && !xform {
         let start = t.storage_offset as usize * es;
         let end = start + n as usize * es;
         if let Some(b) = bytes.get(start..end) {
@@ -452,7 +454,11 @@ pub fn tensor_digest(t: &Tensor, bytes: &[u8], max_values: u64) -> (String, Opti
         let mut buf = Vec::with_capacity(64 * 1024);
         for_each_element(t, |o| {
             if let Some(b) = bytes.get(o..o + es) {
+                let at = buf.len();
                 buf.extend_from_slice(b);
+                if xform {
+                    resolve_bits(t.dtype, &mut buf[at..], conj, neg);
+                }
             }
             if buf.len() >= 64 * 1024 {
                 h.update(&buf);
@@ -467,14 +473,66 @@ pub fn tensor_digest(t: &Tensor, bytes: &[u8], max_values: u64) -> (String, Opti
     }
     let mut vals = Vec::with_capacity(n as usize);
     let mut ok = true;
+    let mut el = vec![0u8; es];
     for_each_element(t, |o| match bytes.get(o..o + es) {
-        Some(b) => match element_json(t.dtype, b) {
-            Some(v) => vals.push(v),
-            None => ok = false,
-        },
+        Some(b) => {
+            el.copy_from_slice(b);
+            if xform {
+                resolve_bits(t.dtype, &mut el, conj, neg);
+            }
+            match element_json(t.dtype, &el) {
+                Some(v) => vals.push(v),
+                None => ok = false,
+            }
+        }
         None => ok = false,
     });
     (sha, Some(if ok { Value::Array(vals) } else { Value::Null }))
+}
+
+/// The conjugate and negative bits torch saves in a tensor's metadata (`{'conj': True}`,
+/// `{'neg': True}`): the tensor's values are the storage's, conjugated or negated.
+fn view_bits(t: &Tensor) -> (bool, bool) {
+    let flag = |k: &str| {
+        t.metadata
+            .as_ref()
+            .and_then(|m| m.get(k))
+            .is_some_and(|v| matches!(v, Object::Bool(true)))
+    };
+    (flag("conj"), flag("neg"))
+}
+
+/// Applies the conjugate / negative bits to one little-endian element in place.
+fn resolve_bits(dtype: DType, el: &mut [u8], conj: bool, neg: bool) {
+    let flip_sign = |part: &mut [u8]| {
+        if let Some(last) = part.last_mut() {
+            *last ^= 0x80;
+        }
+    };
+    match dtype.kind() {
+        Kind::Complex(_) => {
+            let h = el.len() / 2;
+            let (re, im) = el.split_at_mut(h);
+            if neg {
+                flip_sign(re);
+                flip_sign(im);
+            }
+            if conj {
+                flip_sign(im);
+            }
+        }
+        Kind::Float | Kind::BFloat | Kind::Float8(_) if neg => flip_sign(el),
+        Kind::Int | Kind::UInt if neg => {
+            // Two's-complement negation: invert and add one.
+            let mut carry = 1u16;
+            for b in el.iter_mut() {
+                let v = (!*b) as u16 + carry;
+                *b = v as u8;
+                carry = v >> 8;
+            }
+        }
+        _ => {}
+    }
 }
 
 fn f16(b: &[u8]) -> f64 {

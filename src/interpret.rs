@@ -833,11 +833,10 @@ impl Interp<'_> {
         }
         let n_elems = st.nbytes / dtype.element_size() as u64;
         self.check_view(&shape, &stride, storage_offset, n_elems, &st.key)?;
-        if !st.typed {
-            // Untyped storages take their element type from the first tensor viewing them.
-            let s = &mut self.table.storages[sidx];
-            s.dtype = dtype;
-            s.typed = true;
+        if !st.typed && st.dtype == DType::UINT8 {
+            // Untyped storages take their element type from the first tensor viewing them
+            // (they stay untyped: torch never byte-swaps them).
+            self.table.storages[sidx].dtype = dtype;
         }
         let metadata = match args.get(need) {
             Some(Object::None) | None => None,

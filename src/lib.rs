@@ -34,6 +34,7 @@ pub mod conformance;
 pub mod describe;
 pub mod dtype;
 mod error;
+pub mod host;
 pub mod interpret;
 pub mod legacy;
 pub mod load;

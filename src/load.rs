@@ -37,7 +37,7 @@ use crate::checkpoint::{ByteOrder, Checkpoint, LoadEndianness, OpenOptions};
 use crate::describe::StorageBytes;
 use crate::error::{Error, Result};
 use crate::map_location::MapLocation;
-use crate::registry::{CpuBackend, Registry};
+use crate::registry::Registry;
 use crate::source::Source;
 
 /// How CPU storages are held.
@@ -375,9 +375,9 @@ impl Loader {
                 continue;
             };
             let is_cpu = backend.device_type() == "cpu";
-            if is_cpu && self.cpu_mode == CpuMode::Mapped && ckpt.byteorder == ByteOrder::Little {
-                for &i in &members {
-                    slots[i] = Some(mapped(&ckpt, i)?);
+            if is_cpu {
+                for (i, st) in self.cpu_storages(&ckpt, &members)? {
+                    slots[i] = Some(st);
                     done += ckpt.storages[i].nbytes;
                 }
                 progress(done);
@@ -393,11 +393,7 @@ impl Loader {
                     .zip(&bytes)
                     .map(|(&i, b)| (desc_of(&ckpt.storages[i]), &b[..]))
                     .collect();
-                let results = if is_cpu {
-                    crate::registry::cpu_materialize_parallel(&items)
-                } else {
-                    backend.materialize_many(Some(idx), &items)
-                };
+                let results = backend.materialize_many(Some(idx), &items);
                 for (&i, r) in group.iter().zip(results) {
                     match r {
                         Ok(st) => slots[i] = Some(st),
@@ -421,18 +417,11 @@ impl Loader {
         }
         // Fall back to the CPU.
         fallback.sort_by_key(|(i, _)| *i);
-        for (i, reason) in fallback {
-            let st: Box<dyn DeviceStorage> =
-                if self.cpu_mode == CpuMode::Mapped && ckpt.byteorder == ByteOrder::Little {
-                    mapped(&ckpt, i)?
-                } else {
-                    let bytes = ckpt.storage_bytes(i)?;
-                    use ptfile_backend::Backend;
-                    CpuBackend
-                        .materialize(None, &desc_of(&ckpt.storages[i]), &bytes)
-                        .map_err(|e| Error::Device(e.to_string()))?
-                };
+        let which: Vec<usize> = fallback.iter().map(|(i, _)| *i).collect();
+        for (i, st) in self.cpu_storages(&ckpt, &which)? {
             slots[i] = Some(st);
+        }
+        for (i, reason) in fallback {
             reports[i].fallback = Some(reason);
         }
         let storages: Vec<Box<dyn DeviceStorage>> = slots
@@ -450,6 +439,27 @@ impl Loader {
             storages,
             report: LoadReport { storages: reports },
         })
+    }
+
+    /// CPU storages: borrowed from the map (mapped mode, little-endian file) or read in
+    /// parallel into owned memory.
+    fn cpu_storages(
+        &self,
+        ckpt: &Checkpoint,
+        which: &[usize],
+    ) -> Result<Vec<(usize, Box<dyn DeviceStorage>)>> {
+        if self.cpu_mode == CpuMode::Mapped && ckpt.byteorder == ByteOrder::Little {
+            return which.iter().map(|&i| Ok((i, mapped(ckpt, i)?))).collect();
+        }
+        let bufs = crate::host::load_cpu(ckpt, which)?;
+        Ok(which
+            .iter()
+            .copied()
+            .zip(
+                bufs.into_iter()
+                    .map(|b| Box::new(b) as Box<dyn DeviceStorage>),
+            )
+            .collect())
     }
 
     fn strict_error(&self, r: &StorageReport, reason: &str) -> Error {

@@ -200,8 +200,21 @@ pub struct Storage {
     pub nbytes: u64,
     /// Where its bytes are in the file: (offset, length); set by the container reader.
     pub data: Option<(u64, u64)>,
-    /// Whether the file named a typed storage class (else dtype came from a tensor).
+    /// Whether the file named a typed storage class (else dtype came from a tensor, and, as
+    /// in torch, the bytes are never byte-swapped).
     pub typed: bool,
+}
+
+impl Storage {
+    /// The size of the units a byte-order swap reverses: the element (each half of a complex
+    /// element) for typed storages; 1 (no swap) for untyped ones, as torch does.
+    pub fn swap_unit(&self) -> usize {
+        if self.typed {
+            self.dtype.swap_unit()
+        } else {
+            1
+        }
+    }
 }
 
 impl Object {

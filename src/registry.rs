@@ -387,47 +387,6 @@ pub fn not_compiled_reason(device_type: &str, known: &[String]) -> String {
     }
 }
 
-/// Copies many storages into owned host memory, spreading the copy (and the first touch of
-/// fresh pages, which dominates) over the machine's cores.
-pub fn cpu_materialize_parallel(
-    items: &[(StorageDesc<'_>, &[u8])],
-) -> Vec<std::result::Result<Box<dyn DeviceStorage>, BackendError>> {
-    const CHUNK: usize = 4 << 20;
-    let total: usize = items.iter().map(|(_, b)| b.len()).sum();
-    let threads = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1)
-        .min(16);
-    // Zeroed allocations of this size come straight from the OS as untouched pages.
-    let mut bufs: Vec<Vec<u8>> = items.iter().map(|(_, b)| vec![0u8; b.len()]).collect();
-    if threads <= 1 || total < (16 << 20) {
-        for (buf, (_, src)) in bufs.iter_mut().zip(items) {
-            buf.copy_from_slice(src);
-        }
-    } else {
-        let mut parts: Vec<Vec<(&mut [u8], &[u8])>> = (0..threads).map(|_| Vec::new()).collect();
-        let mut k = 0usize;
-        for (buf, (_, src)) in bufs.iter_mut().zip(items) {
-            for (d, s) in buf.chunks_mut(CHUNK).zip(src.chunks(CHUNK)) {
-                parts[k % threads].push((d, s));
-                k += 1;
-            }
-        }
-        std::thread::scope(|sc| {
-            for part in parts {
-                sc.spawn(move || {
-                    for (d, s) in part {
-                        d.copy_from_slice(s);
-                    }
-                });
-            }
-        });
-    }
-    bufs.into_iter()
-        .map(|b| Ok(Box::new(HostStorage::new("cpu".into(), b)) as Box<dyn DeviceStorage>))
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

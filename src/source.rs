@@ -12,14 +12,14 @@ use crate::error::{Error, Result};
 pub struct Source(Arc<Backing>);
 
 enum Backing {
-    Map(memmap2::Mmap),
+    Map(memmap2::Mmap, std::fs::File),
     Owned(Vec<u8>),
 }
 
 impl std::fmt::Debug for Source {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let kind = match &*self.0 {
-            Backing::Map(_) => "mmap",
+            Backing::Map(..) => "mmap",
             Backing::Owned(_) => "owned",
         };
         write!(f, "Source({kind}, {} bytes)", self.len())
@@ -50,7 +50,7 @@ impl Source {
         {
             let _ = map.advise(memmap2::Advice::WillNeed);
         }
-        Ok(Source(Arc::new(Backing::Map(map))))
+        Ok(Source(Arc::new(Backing::Map(map, file))))
     }
 
     /// Wraps owned bytes.
@@ -61,7 +61,7 @@ impl Source {
     /// All bytes.
     pub fn bytes(&self) -> &[u8] {
         match &*self.0 {
-            Backing::Map(m) => m,
+            Backing::Map(m, _) => m,
             Backing::Owned(v) => v,
         }
     }
@@ -87,7 +87,27 @@ impl Source {
 
     /// Whether the bytes come from a memory map.
     pub fn is_mapped(&self) -> bool {
-        matches!(&*self.0, Backing::Map(_))
+        matches!(&*self.0, Backing::Map(..))
+    }
+
+    /// Copies `dst.len()` bytes starting at `offset` into `dst`. For a mapped file this reads
+    /// with `pread`, so the bytes go straight from the page cache into `dst` without mapping
+    /// the file's pages into this process (no page faults on the map, no resident map pages).
+    pub fn read_into(&self, offset: u64, dst: &mut [u8]) -> std::io::Result<()> {
+        match &*self.0 {
+            #[cfg(unix)]
+            Backing::Map(_, file) => {
+                use std::os::unix::fs::FileExt;
+                file.read_exact_at(dst, offset)
+            }
+            _ => {
+                let src = self.slice(offset, dst.len() as u64).ok_or_else(|| {
+                    std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "read past the end")
+                })?;
+                dst.copy_from_slice(src);
+                Ok(())
+            }
+        }
     }
 }
 

@@ -164,6 +164,10 @@ impl PickleWriter {
     pub fn appends(&mut self) {
         self.buf.push(b'e');
     }
+    /// `APPEND` (one item into the list below it).
+    pub fn append(&mut self) {
+        self.buf.push(b'a');
+    }
     /// `SETITEMS`.
     pub fn setitems(&mut self) {
         self.buf.push(b'u');

@@ -289,17 +289,24 @@ impl Pickler<'_> {
         Ok(())
     }
 
-    /// APPENDS in batches (after the list is on the stack). A batch of one is written as
-    /// `MARK x APPENDS` (the same list as Python's `x APPEND`).
+    /// APPENDS in batches (after the list is on the stack); a batch of one is `x APPEND`,
+    /// as Python's pickler writes it.
     fn appends(&mut self, xs: &[Object], d: usize) -> Result<()> {
         let mut i = 0;
         for batch in xs.chunks(BATCH) {
-            self.w.mark();
+            let one = batch.len() == 1;
+            if !one {
+                self.w.mark();
+            }
             for x in batch {
                 self.with_path(i.to_string(), |p| p.obj(x, d))?;
                 i += 1;
             }
-            self.w.appends();
+            if one {
+                self.w.append();
+            } else {
+                self.w.appends();
+            }
         }
         Ok(())
     }

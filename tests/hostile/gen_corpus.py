@@ -167,8 +167,11 @@ def ordered_dict(items):
     return Raw(bytes(OD) + b"(" + body + b"u")
 
 
-def pid(key="0", stype="FloatStorage", loc="cpu", numel=2, stype_global=None):
-    st = stype_global if stype_global is not None else G("torch", stype)
+_UNSET = object()
+
+
+def pid(key="0", stype="FloatStorage", loc="cpu", numel=2, stype_global=_UNSET):
+    st = stype_global if stype_global is not _UNSET else G("torch", stype)
     return Raw(enc(("storage", st, key, loc, numel)) + b"Q")
 
 
