@@ -1,15 +1,633 @@
 //! TorchScript archives (`torch.jit.save`): the module tree of `data.pkl`, read as data.
+//!
+//! `data.pkl` holds the module tree: every module is a `__torch__.*` class built by NEWOBJ and
+//! given a dict of all its attributes by BUILD (PYTORCH_FORMAT.md §6). Its tensors live in
+//! `data/<key>`; `constants.pkl` (the tensors the code refers to as `CONSTANTS.c<i>`) has its
+//! own storages in `constants/<key>`. Which attributes are parameters and which are buffers is
+//! written only in the class bodies under `code/`
+//! (`__parameters__ = ["weight", "bias", ]`, `__buffers__ = [...]`): those files are read as
+//! text, with a size bound, and **never executed**.
+//!
+//! The result is an [`Object::ScriptModule`] whose state dict is what
+//! `torch.jit.load(f).state_dict()` gives. Notes list the file-format version and the code
+//! files, and warn where code uses an operator whose meaning changed after the archive was
+//! written (integer `torch.div` before version 4, `torch.full` without a dtype before 5).
+
+use std::collections::HashMap;
+use std::sync::Arc;
 
 use crate::archive::Archive;
-use crate::checkpoint::{Checkpoint, OpenOptions};
+use crate::checkpoint::{
+    archive_info, byteorder_of, locate_storages, parse_record, Checkpoint, Format, OpenOptions,
+};
 use crate::error::{Error, Result};
+use crate::interpret::{interpret, StorageTable, ZipPersistentLoad};
+use crate::model::{Object, OrderedDict, ScriptModule};
+
+/// Largest code file read (bytes, after inflating).
+const MAX_CODE_FILE: u64 = 64 << 20;
+/// Most code bytes read in all.
+const MAX_CODE_TOTAL: u64 = 256 << 20;
+/// Most code files scanned.
+const MAX_CODE_FILES: usize = 100_000;
+/// Most modules walked for the state dict.
+const MAX_MODULES: usize = 100_000;
+/// Most warnings listed (the rest are counted).
+const MAX_WARNINGS: usize = 200;
+/// Most operator calls whose arguments are examined for version warnings.
+const MAX_CHECKED_CALLS: usize = 10_000;
+/// The newest file-format version torch knows (`kMaxSupportedFileFormatVersion`).
+const MAX_KNOWN_VERSION: u64 = 10;
 
 /// Opens a TorchScript archive.
 pub fn open(archive: Archive, opts: &OpenOptions) -> Result<Checkpoint> {
-    let _ = opts;
-    Err(Error::Unsupported {
-        what: "TorchScript archive".into(),
-        location: format!("{}/constants.pkl", archive.prefix()),
-        hint: "read it with torch.jit.load".into(),
+    let prefix = archive.prefix().to_string();
+    let (byteorder, bo_rec) = byteorder_of(&archive, opts)?;
+    let info = archive_info(&archive, bo_rec)?;
+    if archive.record("data.pkl").is_none() {
+        return Err(Error::Unsupported {
+            what: "a TorchScript archive without data.pkl (the torch 1.0-1.2 model.json format, or torch.package)".into(),
+            location: format!("{prefix}/data.pkl"),
+            hint: "load it with a torch that still reads it and save it again with torch.jit.save".into(),
+        });
+    }
+    let p = parse_record(&archive, "data.pkl", opts)?;
+    let mut table = StorageTable::default();
+    let tree = interpret(
+        &p,
+        &format!("{prefix}/data.pkl"),
+        &mut ZipPersistentLoad { dir: "data" },
+        &mut table,
+        &opts.interpret,
+    )?;
+    let c = parse_record(&archive, "constants.pkl", opts)?;
+    let constants = interpret(
+        &c,
+        &format!("{prefix}/constants.pkl"),
+        &mut ZipPersistentLoad { dir: "constants" },
+        &mut table,
+        &opts.interpret,
+    )?;
+    locate_storages(&archive, &mut table)?;
+
+    let version = info
+        .version
+        .as_deref()
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    let code = CodeIndex::read(&archive)?;
+    let mut notes = Vec::new();
+    match (&info.version, version) {
+        (_, Some(v)) => {
+            notes.push(format!("file format version {v}{}", version_meaning(v)));
+            if v > MAX_KNOWN_VERSION {
+                notes.push(format!(
+                    "warning: file format version {v} is newer than any this reader knows ({MAX_KNOWN_VERSION}); torch.jit.load of an older torch refuses it"
+                ));
+            }
+        }
+        (Some(raw), None) => notes.push(format!("warning: unreadable file format version {raw:?}")),
+        (None, None) => notes.push("warning: the archive has no version record".into()),
+    }
+    if let Object::Tuple(cs) = &constants {
+        if !cs.is_empty() {
+            notes.push(format!(
+                "constants.pkl: {} constants (CONSTANTS.c0 ...)",
+                cs.len()
+            ));
+        }
+    }
+    notes.push(format!(
+        "code files ({}; listed, never executed):",
+        code.files.len()
+    ));
+    for f in &code.files {
+        notes.push(format!("  {} ({} bytes)", f.name, f.size));
+    }
+    let extra: Vec<String> = archive
+        .records()
+        .iter()
+        .filter(|r| r.name.starts_with("extra/"))
+        .map(|r| format!("{} ({} bytes)", r.name, r.size))
+        .collect();
+    if !extra.is_empty() {
+        notes.push(format!("extra files: {}", extra.join(", ")));
+    }
+    if let Some(v) = version {
+        notes.extend(code.version_warnings(v));
+    }
+
+    let class = match &tree {
+        Object::Opaque(op) => op.class.clone(),
+        other => {
+            return Err(Error::invalid(
+                format!(
+                    "data.pkl holds a {}, expected a __torch__ module object",
+                    crate::interpret::type_name(other)
+                ),
+                format!("{prefix}/data.pkl"),
+            ))
+        }
+    };
+    let (state_dict, metadata) = state_dict(&tree, &code, &mut notes);
+    let root = Object::ScriptModule(Arc::new(ScriptModule {
+        class,
+        state_dict,
+        metadata: Some(metadata),
+    }));
+    let records = archive
+        .records()
+        .iter()
+        .map(|r| (r.name.clone(), r.size))
+        .collect();
+    let mut ckpt = Checkpoint::assemble(
+        Format::TorchScript,
+        root,
+        table,
+        byteorder,
+        p.protocol,
+        info,
+        records,
+        archive.source().clone(),
+    )?;
+    ckpt.notes = notes;
+    Ok(ckpt)
+}
+
+/// What each file-format version introduced (caffe2/serialize/versions.h).
+fn version_meaning(v: u64) -> &'static str {
+    match v {
+        1 => " (initial)",
+        2 => " (op_version_set removed)",
+        3 => " (container type tags; what torch.jit.save writes when no newer operator is used)",
+        4 => " (4: code uses torch.div with its current meaning)",
+        5 => " (5: code uses torch.full with its current dtype inference)",
+        6 => " (6: .data/version record)",
+        7 => " (7: new upgraders)",
+        8 => " (8: linspace change)",
+        9 => " (9: logspace change)",
+        10 => " (10: gelu approximate)",
+        _ => "",
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// code/: class bodies (parameters, buffers, base) and operator uses, read as text
+// ---------------------------------------------------------------------------------------------
+
+/// What a class body in `code/` says.
+#[derive(Debug, Clone, Default)]
+struct ClassInfo {
+    /// `class X(Module):`.
+    is_module: bool,
+    /// `__parameters__`, when the body has it.
+    parameters: Option<Vec<String>>,
+    /// `__buffers__`, when the body has it.
+    buffers: Option<Vec<String>>,
+}
+
+/// One code file.
+#[derive(Debug, Clone)]
+struct CodeFile {
+    /// Record name (`code/__torch__.py`).
+    name: String,
+    /// Size once inflated.
+    size: u64,
+    /// Its text (None when it was too large or not UTF-8).
+    text: Option<String>,
+}
+
+#[derive(Debug, Default)]
+struct CodeIndex {
+    files: Vec<CodeFile>,
+    /// Classes by qualified name (`__torch__.torch.nn.modules.linear.Linear`).
+    classes: HashMap<String, ClassInfo>,
+}
+
+impl CodeIndex {
+    fn read(archive: &Archive) -> Result<CodeIndex> {
+        let mut idx = CodeIndex::default();
+        let mut total: u64 = 0;
+        for rec in archive.records() {
+            if !rec.name.starts_with("code/") || !rec.name.ends_with(".py") {
+                continue;
+            }
+            if idx.files.len() >= MAX_CODE_FILES {
+                break;
+            }
+            let readable =
+                rec.size <= MAX_CODE_FILE && total.saturating_add(rec.size) <= MAX_CODE_TOTAL;
+            let text = if readable {
+                let bytes = archive.read_bounded(rec, MAX_CODE_FILE)?;
+                total += bytes.len() as u64;
+                String::from_utf8(bytes.into_owned()).ok()
+            } else {
+                None
+            };
+            if let Some(t) = &text {
+                // code/__torch__/a/b.py holds the classes of module __torch__.a.b.
+                let module =
+                    rec.name["code/".len()..rec.name.len() - ".py".len()].replace('/', ".");
+                for (name, info) in parse_classes(t) {
+                    idx.classes.insert(format!("{module}.{name}"), info);
+                }
+            }
+            idx.files.push(CodeFile {
+                name: rec.name.clone(),
+                size: rec.size,
+                text,
+            });
+        }
+        Ok(idx)
+    }
+
+    /// Warnings for operators whose meaning changed after an archive of version `v`.
+    fn version_warnings(&self, v: u64) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut more = 0usize;
+        let mut budget = MAX_CHECKED_CALLS;
+        let mut unchecked = 0usize;
+        for f in &self.files {
+            let Some(text) = &f.text else { continue };
+            let (uses, skipped) = operator_uses(text, &mut budget);
+            unchecked += skipped;
+            for u in uses {
+                let w = match u.op {
+                    "torch.div" | "torch.div_" if v < 4 && !has_kwarg(&u.args, "rounding_mode") => format!(
+                        "warning: {}:{}: `{}` calls {}: the archive has version {v} (< 4), so if both operands are integer tensors this division truncates (torch.jit.load applies the div upgrader); current torch.div divides exactly",
+                        f.name, u.line, u.method, u.call
+                    ),
+                    "torch.full" if v < 5 && !has_kwarg(&u.args, "dtype") => format!(
+                        "warning: {}:{}: `{}` calls {} without a dtype: the archive has version {v} (< 5), so an integer fill value gives a float tensor (torch.jit.load applies the full upgrader); current torch.full infers an integer dtype",
+                        f.name, u.line, u.method, u.call
+                    ),
+                    _ => continue,
+                };
+                if out.len() < MAX_WARNINGS {
+                    out.push(w);
+                } else {
+                    more += 1;
+                }
+            }
+        }
+        if more > 0 {
+            out.push(format!(
+                "warning: {more} more uses of changed operators not listed"
+            ));
+        }
+        if unchecked > 0 {
+            out.push(format!(
+                "warning: {unchecked} more calls of torch.div or torch.full not checked (more than {MAX_CHECKED_CALLS} calls)"
+            ));
+        }
+        out
+    }
+}
+
+/// Parses the `[ "a", "b", ]` list of `__parameters__ = ...`.
+fn parse_str_list(s: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' | '\'' => {
+                let mut v = String::new();
+                let mut esc = false;
+                for d in chars.by_ref() {
+                    if esc {
+                        v.push(d);
+                        esc = false;
+                    } else if d == '\\' {
+                        esc = true;
+                    } else if d == c {
+                        break;
+                    } else {
+                        v.push(d);
+                    }
+                }
+                out.push(v);
+            }
+            ']' => break,
+            _ => {}
+        }
+    }
+    out
+}
+
+/// The classes of one code file: `class Name(Base):` at column 0, and the
+/// `__parameters__` / `__buffers__` lines of its body.
+fn parse_classes(text: &str) -> Vec<(String, ClassInfo)> {
+    let mut out: Vec<(String, ClassInfo)> = Vec::new();
+    let mut current: Option<usize> = None;
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("class ") {
+            let end = rest.find(['(', ':']).unwrap_or(rest.len());
+            let name = rest[..end].trim().to_string();
+            let base = rest[end..]
+                .strip_prefix('(')
+                .and_then(|b| b.split(')').next())
+                .unwrap_or("")
+                .trim();
+            out.push((
+                name,
+                ClassInfo {
+                    is_module: base == "Module" || base.ends_with(".Module"),
+                    ..ClassInfo::default()
+                },
+            ));
+            current = Some(out.len() - 1);
+            continue;
+        }
+        let indented = line.starts_with(' ') || line.starts_with('\t');
+        if !indented && !line.trim().is_empty() {
+            current = None;
+            continue;
+        }
+        let Some(ci) = current else { continue };
+        let t = line.trim_start();
+        if let Some(v) = t.strip_prefix("__parameters__") {
+            if let Some(list) = v.trim_start().strip_prefix('=') {
+                out[ci].1.parameters = Some(parse_str_list(list));
+            }
+        } else if let Some(v) = t.strip_prefix("__buffers__") {
+            if let Some(list) = v.trim_start().strip_prefix('=') {
+                out[ci].1.buffers = Some(parse_str_list(list));
+            }
+        }
+    }
+    out
+}
+
+/// One call of a watched operator in a code file.
+#[derive(Debug)]
+struct OperatorUse {
+    op: &'static str,
+    /// 1-based line.
+    line: usize,
+    /// The `def` it is in (`<module level>` when none).
+    method: String,
+    /// The call as written (shortened).
+    call: String,
+    /// The text between its parentheses.
+    args: String,
+}
+
+const WATCHED: &[&str] = &["torch.div_", "torch.div", "torch.full"];
+
+/// Finds the calls of watched operators, with the method and line they are in: the first
+/// `budget` of them in detail (the budget goes down), the rest only counted.
+fn operator_uses(text: &str, budget: &mut usize) -> (Vec<OperatorUse>, usize) {
+    let mut out = Vec::new();
+    let mut skipped = 0usize;
+    let mut method = String::from("<module level>");
+    let mut line_starts = Vec::new();
+    let mut off = 0usize;
+    for line in text.split_inclusive('\n') {
+        line_starts.push(off);
+        off += line.len();
+    }
+    for (i, line) in text.lines().enumerate() {
+        let t = line.trim_start();
+        if let Some(rest) = t.strip_prefix("def ") {
+            method = rest.split('(').next().unwrap_or(rest).trim().to_string();
+        }
+        let mut from = 0usize;
+        while let Some(found) = line[from..].find("torch.") {
+            let at = from + found;
+            from = at + "torch.".len();
+            // Must start an identifier path (not `xtorch.div`, not `ops.torch.div`).
+            if at > 0 {
+                let prev = line.as_bytes()[at - 1];
+                if prev.is_ascii_alphanumeric() || prev == b'_' || prev == b'.' {
+                    continue;
+                }
+            }
+            let Some(op) = WATCHED.iter().find(|op| {
+                line[at..]
+                    .strip_prefix(**op)
+                    .is_some_and(|r| r.starts_with('('))
+            }) else {
+                continue;
+            };
+            if *budget == 0 {
+                skipped += 1;
+                continue;
+            }
+            *budget -= 1;
+            let open = line_starts[i] + at + op.len();
+            let args = call_args(text, open);
+            let mut call = format!("{op}({args})");
+            if call.len() > 120 {
+                let cut = (0..=117)
+                    .rev()
+                    .find(|&k| call.is_char_boundary(k))
+                    .unwrap_or(0);
+                call.truncate(cut);
+                call.push_str("...");
+            }
+            out.push(OperatorUse {
+                op,
+                line: i + 1,
+                method: method.clone(),
+                call,
+                args,
+            });
+        }
+    }
+    (out, skipped)
+}
+
+/// The text between the parenthesis at byte `open` of `text` and its match (bounded; string
+/// literals skipped).
+fn call_args(text: &str, open: usize) -> String {
+    let bytes = text.as_bytes();
+    let mut depth = 0usize;
+    let mut quote: Option<u8> = None;
+    let limit = (open + 8192).min(bytes.len());
+    let mut i = open;
+    while i < limit {
+        let b = bytes[i];
+        if let Some(q) = quote {
+            if b == b'\\' {
+                i += 1;
+            } else if b == q {
+                quote = None;
+            }
+        } else {
+            match b {
+                b'"' | b'\'' => quote = Some(b),
+                b'(' | b'[' | b'{' => depth += 1,
+                b')' | b']' | b'}' => {
+                    depth = depth.saturating_sub(1);
+                    if depth == 0 {
+                        return text.get(open + 1..i).unwrap_or("").to_string();
+                    }
+                }
+                _ => {}
+            }
+        }
+        i += 1;
+    }
+    text.get(open + 1..limit).unwrap_or("").to_string()
+}
+
+/// Whether the top-level arguments include `name=<something other than None>`.
+fn has_kwarg(args: &str, name: &str) -> bool {
+    let mut depth = 0i32;
+    let mut quote: Option<char> = None;
+    let mut cur = String::new();
+    let mut parts = Vec::new();
+    for c in args.chars() {
+        if let Some(q) = quote {
+            cur.push(c);
+            if c == q {
+                quote = None;
+            }
+            continue;
+        }
+        match c {
+            '"' | '\'' => {
+                quote = Some(c);
+                cur.push(c);
+            }
+            '(' | '[' | '{' => {
+                depth += 1;
+                cur.push(c);
+            }
+            ')' | ']' | '}' => {
+                depth -= 1;
+                cur.push(c);
+            }
+            ',' if depth == 0 => parts.push(std::mem::take(&mut cur)),
+            _ => cur.push(c),
+        }
+    }
+    parts.push(cur);
+    parts.iter().any(|p| {
+        let p = p.trim();
+        p.strip_prefix(name)
+            .and_then(|r| r.trim_start().strip_prefix('='))
+            .is_some_and(|v| v.trim() != "None")
     })
+}
+
+// ---------------------------------------------------------------------------------------------
+// The state dict
+// ---------------------------------------------------------------------------------------------
+
+/// The attributes of a module object, in order (its BUILD dict).
+fn attributes(o: &Object) -> Option<&[(Object, Object)]> {
+    let Object::Opaque(op) = o else { return None };
+    match op.state.as_ref()? {
+        Object::Dict(d) => Some(d),
+        Object::OrderedDict(d) => Some(&d.items),
+        _ => None,
+    }
+}
+
+fn is_module(o: &Object, code: &CodeIndex) -> bool {
+    let Object::Opaque(op) = o else { return false };
+    if !op.class.starts_with("__torch__.") {
+        return false;
+    }
+    match code.classes.get(&op.class) {
+        Some(c) => c.is_module,
+        // No class body: modules are the objects with a `training` attribute.
+        None => {
+            attributes(o).is_some_and(|a| a.iter().any(|(k, _)| k.as_str() == Some("training")))
+        }
+    }
+}
+
+/// `state_dict()` holds detached tensors: plain tensors without grad.
+fn detached(v: &Object) -> Object {
+    match v {
+        Object::Tensor(t) => {
+            let mut t = (**t).clone();
+            t.is_parameter = false;
+            t.requires_grad = false;
+            Object::Tensor(Arc::new(t))
+        }
+        o => o.clone(),
+    }
+}
+
+/// The state dict of the module tree (parameters, then buffers, of each module, then its
+/// submodules', by dotted name) and its `_metadata` (`{prefix: {'version': 1}}` per module:
+/// a loaded script module has nn.Module's `_version`).
+fn state_dict(
+    root: &Object,
+    code: &CodeIndex,
+    notes: &mut Vec<String>,
+) -> (Vec<(String, Object)>, Object) {
+    let mut items = Vec::new();
+    let mut metadata = Vec::new();
+    let mut stack: Vec<(String, Object)> = vec![(String::new(), root.clone())];
+    let mut seen = 0usize;
+    let mut missing_classes: Vec<String> = Vec::new();
+    while let Some((prefix, m)) = stack.pop() {
+        seen += 1;
+        if seen > MAX_MODULES {
+            notes.push(format!(
+                "warning: more than {MAX_MODULES} modules; the state dict stops there"
+            ));
+            break;
+        }
+        let Object::Opaque(op) = &m else { continue };
+        metadata.push((
+            Object::Str(prefix.strip_suffix('.').unwrap_or(&prefix).into()),
+            Object::Dict(Arc::from(vec![(
+                Object::Str("version".into()),
+                Object::Int(1),
+            )])),
+        ));
+        let Some(attrs) = attributes(&m) else {
+            notes.push(format!(
+                "warning: module {:?} ({}) has a custom __getstate__; its tensors are not in the state dict",
+                prefix.trim_end_matches('.'),
+                op.class
+            ));
+            continue;
+        };
+        let info = code.classes.get(&op.class);
+        if info.is_none() && !missing_classes.contains(&op.class) {
+            missing_classes.push(op.class.clone());
+        }
+        let params = info.and_then(|c| c.parameters.as_ref());
+        let buffers = info.and_then(|c| c.buffers.as_ref());
+        let named =
+            |list: Option<&Vec<String>>, k: &str| list.is_some_and(|l| l.iter().any(|n| n == k));
+        let mut push = |select: &dyn Fn(&str, &Object) -> bool| {
+            for (k, v) in attrs {
+                let Some(k) = k.as_str() else { continue };
+                if !matches!(v, Object::None) && select(k, v) {
+                    items.push((format!("{prefix}{k}"), detached(v)));
+                }
+            }
+        };
+        if params.is_some() || buffers.is_some() {
+            push(&|k, _| named(params, k));
+            push(&|k, _| named(buffers, k));
+        } else {
+            // Without a class body every tensor attribute is taken (parameters and buffers
+            // cannot be told apart, nor from plain tensor attributes).
+            push(&|_, v| matches!(v, Object::Tensor(_)));
+        }
+        let children: Vec<(String, Object)> = attrs
+            .iter()
+            .filter(|(_, v)| is_module(v, code))
+            .filter_map(|(k, v)| Some((format!("{prefix}{}.", k.as_str()?), v.clone())))
+            .collect();
+        stack.extend(children.into_iter().rev());
+    }
+    if !missing_classes.is_empty() {
+        notes.push(format!(
+            "warning: no class body in code/ for {}; their tensor attributes were all taken as state",
+            missing_classes.join(", ")
+        ));
+    }
+    let metadata = Object::OrderedDict(Arc::new(OrderedDict {
+        items: metadata,
+        metadata: None,
+    }));
+    (items, metadata)
 }
