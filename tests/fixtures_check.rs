@@ -154,3 +154,21 @@ fn inspect_exit_codes() {
         "nothing on stdout for an invalid file"
     );
 }
+
+/// Every fixture loaded onto the wgpu device (lavapipe in CI) agrees with torch, with hashes and
+/// values read back from the GPU buffers. Skips cleanly where no adapter exists.
+#[cfg(feature = "wgpu")]
+#[test]
+fn load_onto_wgpu_matches_torch() {
+    use ptfile_backend::Availability;
+    if let Availability::Unavailable(reason) = ptfile_wgpu::backend().availability() {
+        println!("skipped: {reason}");
+        return;
+    }
+    let mut extra = Vec::new();
+    for m in ["cpu=wgpu:0", "cuda:0=wgpu:0", "cuda:1=wgpu:0", "ipu=wgpu:0"] {
+        extra.push("--device-map");
+        extra.push(m);
+    }
+    check(&["load", "--json", "--strict", "--map-location", "wgpu:0"], &extra, &[]);
+}
