@@ -2,7 +2,7 @@
 """Time ptfile against torch.load on the same checkpoint, in one run.
 
 usage: bench/compare.py [--gib 1.0] [--ptfile target/release/ptfile] [--dir /tmp/ptfile-bench]
-                        [--runs 3] [--cold] [--json]
+                        [--runs 3] [--cold] [--json] [--device cuda:0]
 
 Makes a llama-like bf16 state dict of about --gib GiB with torch (once; reused when present),
 then times, on this machine, in this run:
@@ -17,13 +17,14 @@ then times, on this machine, in this run:
   ptfile_open       open_s of `ptfile bench` (metadata only)
 
 and peak resident memory of `ptfile load`. With --cold (root on Linux) each first load also
-runs after dropping the page cache. Prints a table with GB/s and ratios against torch.
+runs after dropping the page cache. With --device D (e.g. cuda:0, on a GPU machine) it times
+torch.load(map_location=D) (synchronized) against `ptfile bench --map-location D` instead.
+Prints a table with GB/s and ratios against torch.
 """
 import argparse
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import time
@@ -89,6 +90,30 @@ print(best)
 """
 
 
+DEVICE = r"""
+import sys, time, torch
+dev = sys.argv[3]
+best = 1e9
+for _ in range(int(sys.argv[2])):
+    t = time.perf_counter()
+    sd = torch.load(sys.argv[1], map_location=dev, weights_only=True)
+    if dev.startswith("cuda"):
+        torch.cuda.synchronize()
+    best = min(best, time.perf_counter() - t)
+    del sd
+print(best)
+"""
+
+
+def peak_rss(cmd):
+    """Peak resident set of one child process, in bytes (wait4's maxrss)."""
+    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
+    _, status, ru = os.wait4(p.pid, 0)
+    if status != 0:
+        raise SystemExit(f"{cmd} failed with status {status}")
+    return ru.ru_maxrss * 1024
+
+
 def drop_caches():
     try:
         os.sync()
@@ -119,6 +144,7 @@ def main():
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--cold", action="store_true")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--device", default=None, help="time loading onto this device instead")
     a = ap.parse_args()
 
     os.makedirs(a.dir, exist_ok=True)
@@ -133,14 +159,24 @@ def main():
         while f.read(64 << 20):
             pass
 
+    if a.device:
+        t = py(DEVICE, path, a.runs, a.device)
+        b = json.loads(subprocess.run([a.ptfile, "bench", "--json", "--runs", str(a.runs),
+                                       "--map-location", a.device, path],
+                                      check=True, capture_output=True, text=True).stdout)
+        gb = size / 1e9
+        print(f"file: {path} ({size / (1 << 30):.2f} GiB) onto {a.device}")
+        print(f"torch.load(map_location={a.device!r}) {t:.3f} s {gb / t:.2f} GB/s")
+        print(f"ptfile bench --map-location {a.device}  {b['load_s']:.3f} s {b['gbps']:.2f} GB/s "
+              f"on {b['device']}  ({t / b['load_s']:.2f}x torch)")
+        return
+
     r = {}
     r["torch_first"] = min(py(FIRST, path) for _ in range(a.runs))
     r["torch_repeat"] = py(REPEAT, path, a.runs)
     r["torch_mmap"] = py(MMAP, path, a.runs)
     r["ptfile_process"] = min(wall([a.ptfile, "load", path]) for _ in range(a.runs))
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    subprocess.run([a.ptfile, "load", path], check=True, stdout=subprocess.DEVNULL)
-    rss_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    rss = peak_rss([a.ptfile, "load", path])
     b = json.loads(subprocess.run([a.ptfile, "bench", "--json", "--runs", str(a.runs), path],
                                   check=True, capture_output=True, text=True).stdout)
     m = json.loads(subprocess.run([a.ptfile, "bench", "--json", "--mmap", "--runs", str(a.runs), path],
@@ -160,7 +196,7 @@ def main():
 
     machine = f"{platform.machine()}, {os.cpu_count()} cores, {platform.platform()}"
     out = {"file_bytes": size, "machine": machine, "warm_s": r, "cold_s": cold,
-           "ptfile_load_peak_rss_bytes": max(rss_kib, before) * 1024}
+           "ptfile_load_peak_rss_bytes": rss}
     if a.json:
         print(json.dumps(out, indent=1))
         return

@@ -28,7 +28,7 @@ const EXCLUDED_DTYPES: &[&str] = &[];
 
 /// File variants of gen_random.py ("zip", "legacy", "big") that ptfile does not read yet, as
 /// NOT_YET_SUPPORTED in tests/fixtures_check.rs. Empty this when the legacy format lands.
-const NOT_YET_SUPPORTED_FORMATS: &[&str] = &["legacy"];
+const NOT_YET_SUPPORTED_FORMATS: &[&str] = &[];
 const ALL_FORMATS: &[&str] = &["zip", "legacy", "big"];
 
 fn varying_seed() -> u64 {
