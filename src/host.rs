@@ -162,13 +162,10 @@ pub fn load_cpu(ckpt: &Checkpoint, which: &[usize]) -> Result<Vec<CpuStorage>> {
                 .into_iter()
                 .map(|p| sc.spawn(move || run(p)))
                 .collect();
-            handles
-                .into_iter()
-                .map(|h| {
-                    h.join()
-                        .unwrap_or_else(|_| Err(std::io::Error::other("reader thread failed")))
-                })
-                .collect::<std::io::Result<()>>()
+            handles.into_iter().try_for_each(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(std::io::Error::other("reader thread failed")))
+            })
         })
     };
     result.map_err(|e| Error::Device(format!("reading storage data: {e}")))?;

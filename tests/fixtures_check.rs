@@ -155,5 +155,9 @@ fn load_onto_wgpu_matches_torch() {
         extra.push("--device-map");
         extra.push(m);
     }
-    check(&["load", "--json", "--strict", "--map-location", "wgpu:0"], &extra, &[]);
+    check(
+        &["load", "--json", "--strict", "--map-location", "wgpu:0"],
+        &extra,
+        &[],
+    );
 }

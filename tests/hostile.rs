@@ -683,7 +683,7 @@ fn hostile_corpus() {
 
     let mut stats = Arc::try_unwrap(stats).unwrap().into_inner().unwrap();
     let runs = stats.len();
-    stats.sort_by(|a, b| b.0.cmp(&a.0));
+    stats.sort_by_key(|s| std::cmp::Reverse(s.0));
     eprintln!(
         "hostile: {} files, {runs} runs, {jobs} jobs",
         originals.len()
@@ -695,7 +695,7 @@ fn hostile_corpus() {
             rss / 1024
         );
     }
-    stats.sort_by(|a, b| b.1.cmp(&a.1));
+    stats.sort_by_key(|s| std::cmp::Reverse(s.1));
     for (d, rss, what) in stats.iter().take(5) {
         eprintln!(
             "  largest: {:>6.2} s {:>6} MiB  {what}",
