@@ -58,6 +58,28 @@ if [ "${PTFILE_SKIP_LINT:-0}" != 1 ]; then
     cargo clippy --workspace --all-targets --features "$FEATURES" -- -D warnings
 fi
 
+# Fuzz smoke: each cargo-fuzz target for a short while, seeded with the torch fixtures, where
+# cargo-fuzz is installed (it needs RUSTC_BOOTSTRAP=1 on stable). The regression corpus of
+# every finding runs in tests/hostile.rs on every machine.
+if [ "${PTFILE_SKIP_FUZZ:-0}" != 1 ] && cargo fuzz --version >/dev/null 2>&1; then
+    step "fuzz smoke: ${PTFILE_FUZZ_SECONDS:-20} s per target"
+    smoke=$(mktemp -d)
+    for t in pickle archive open_describe; do
+        mkdir -p "$smoke/$t"
+        if ! RUSTC_BOOTSTRAP=1 cargo fuzz run "$t" "$smoke/$t" tests/fixtures -- \
+            -max_total_time="${PTFILE_FUZZ_SECONDS:-20}" -rss_limit_mb=1024 -timeout=30 \
+            -max_len=65536 -print_final_stats=1 >"$smoke/$t.log" 2>&1; then
+            tail -40 "$smoke/$t.log"
+            echo "error: fuzz target $t failed (its input is in fuzz/artifacts/$t)" >&2
+            exit 1
+        fi
+        echo "$t: $(grep -E 'stat::number_of_executed_units' "$smoke/$t.log" | tail -1)"
+    done
+    rm -rf "$smoke"
+else
+    echo "note: cargo-fuzz is not installed: fuzz smoke skipped (tests/hostile.rs runs the regression corpus)"
+fi
+
 # Doc tests first: the run that comes last then ends on the summary of a real test binary
 # (a doc-test crate with no examples would close the output on "0 passed").
 set +e
