@@ -75,19 +75,7 @@ impl DeviceStorage for CpuStorage {
         self.bytes().len()
     }
     fn read_to_host(&self, dst: &mut [u8]) -> std::result::Result<(), BackendError> {
-        let b = self.bytes();
-        if dst.len() != b.len() {
-            return Err(BackendError::Driver {
-                device: "cpu".into(),
-                message: format!(
-                    "destination has {} bytes, storage has {}",
-                    dst.len(),
-                    b.len()
-                ),
-            });
-        }
-        dst.copy_from_slice(b);
-        Ok(())
+        ptfile_backend::copy_to_host("cpu", self.bytes(), dst)
     }
     fn host_bytes(&self) -> Option<&[u8]> {
         Some(self.bytes())

@@ -44,7 +44,7 @@ use std::sync::Arc;
 pub use inventory;
 
 /// Errors a backend reports. Every variant says what failed and on which device.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum BackendError {
     /// The backend cannot serve requests at all (no driver, no adapter).
@@ -259,18 +259,7 @@ impl DeviceStorage for HostStorage {
         self.bytes.len()
     }
     fn read_to_host(&self, dst: &mut [u8]) -> Result<(), BackendError> {
-        if dst.len() != self.bytes.len() {
-            return Err(BackendError::Driver {
-                device: self.location.clone(),
-                message: format!(
-                    "read_to_host: destination has {} bytes, storage has {}",
-                    dst.len(),
-                    self.bytes.len()
-                ),
-            });
-        }
-        dst.copy_from_slice(&self.bytes);
-        Ok(())
+        copy_to_host(&self.location, &self.bytes, dst)
     }
     fn host_bytes(&self) -> Option<&[u8]> {
         Some(&self.bytes)
@@ -281,6 +270,23 @@ impl DeviceStorage for HostStorage {
     fn as_any(&self) -> &dyn Any {
         self
     }
+}
+
+/// `read_to_host` for storages whose bytes are host memory: copies `src` into `dst`, which
+/// must have the storage's size.
+pub fn copy_to_host(location: &str, src: &[u8], dst: &mut [u8]) -> Result<(), BackendError> {
+    if dst.len() != src.len() {
+        return Err(BackendError::Driver {
+            device: location.to_string(),
+            message: format!(
+                "read_to_host: destination has {} bytes, storage has {}",
+                dst.len(),
+                src.len()
+            ),
+        });
+    }
+    dst.copy_from_slice(src);
+    Ok(())
 }
 
 /// A backend registered at link time with [`inventory::submit!`].

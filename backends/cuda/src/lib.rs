@@ -267,42 +267,6 @@ fn driver_error(device: &str, what: &str, e: DriverError) -> BackendError {
     }
 }
 
-/// The same error again (BackendError is not Clone), for failing every item of a batch.
-fn replicate(e: &BackendError) -> BackendError {
-    match e {
-        BackendError::Unavailable { device, reason } => BackendError::Unavailable {
-            device: device.clone(),
-            reason: reason.clone(),
-        },
-        BackendError::NoSuchDevice {
-            device,
-            index,
-            count,
-        } => BackendError::NoSuchDevice {
-            device: device.clone(),
-            index: *index,
-            count: *count,
-        },
-        BackendError::OutOfMemory {
-            device,
-            bytes,
-            reason,
-        } => BackendError::OutOfMemory {
-            device: device.clone(),
-            bytes: *bytes,
-            reason: reason.clone(),
-        },
-        BackendError::Driver { device, message } => BackendError::Driver {
-            device: device.clone(),
-            message: message.clone(),
-        },
-        other => BackendError::Driver {
-            device: "cuda".to_string(),
-            message: other.to_string(),
-        },
-    }
-}
-
 /// The process-wide driver probe, run once.
 fn probe() -> Availability {
     static PROBE: OnceLock<Availability> = OnceLock::new();
@@ -742,7 +706,7 @@ impl Backend for CudaBackend {
         index: Option<usize>,
         items: &[(StorageDesc<'_>, &[u8])],
     ) -> Vec<Result<Box<dyn DeviceStorage>, BackendError>> {
-        let fail_all = |e: BackendError| items.iter().map(|_| Err(replicate(&e))).collect();
+        let fail_all = |e: BackendError| items.iter().map(|_| Err(e.clone())).collect();
         let ordinal = match self.check_index(index) {
             Ok(i) => i,
             Err(e) => return fail_all(e),

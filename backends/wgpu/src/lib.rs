@@ -159,7 +159,7 @@ impl WgpuBackend {
     ) -> Vec<Result<Box<dyn DeviceStorage>, BackendError>> {
         let gpu = match self.gpu(index) {
             Ok(gpu) => gpu,
-            Err(e) => return items.iter().map(|_| Err(copy_error(&e))).collect(),
+            Err(e) => return items.iter().map(|_| Err(e.clone())).collect(),
         };
         let mut uploader = storage::Uploader::new(&gpu, self.chunk);
         items
@@ -250,41 +250,5 @@ impl Backend for WgpuBackend {
             .slots
             .get(index)
             .map(gpu::AdapterSlot::describe)
-    }
-}
-
-/// `BackendError` is not `Clone`; rebuild one for each storage of a failed batch.
-fn copy_error(e: &BackendError) -> BackendError {
-    match e {
-        BackendError::Unavailable { device, reason } => BackendError::Unavailable {
-            device: device.clone(),
-            reason: reason.clone(),
-        },
-        BackendError::NoSuchDevice {
-            device,
-            index,
-            count,
-        } => BackendError::NoSuchDevice {
-            device: device.clone(),
-            index: *index,
-            count: *count,
-        },
-        BackendError::OutOfMemory {
-            device,
-            bytes,
-            reason,
-        } => BackendError::OutOfMemory {
-            device: device.clone(),
-            bytes: *bytes,
-            reason: reason.clone(),
-        },
-        BackendError::Driver { device, message } => BackendError::Driver {
-            device: device.clone(),
-            message: message.clone(),
-        },
-        other => BackendError::Driver {
-            device: "wgpu".into(),
-            message: other.to_string(),
-        },
     }
 }
