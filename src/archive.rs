@@ -177,6 +177,14 @@ impl Archive {
         &self.records
     }
 
+    /// (name, size) of every record, for listings.
+    pub fn listing(&self) -> Vec<(String, u64)> {
+        self.records
+            .iter()
+            .map(|r| (r.name.clone(), r.size))
+            .collect()
+    }
+
     /// The record named `name` (without the prefix).
     pub fn record(&self, name: &str) -> Option<&Record> {
         self.index.get(name).map(|&i| &self.records[i])

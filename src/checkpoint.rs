@@ -358,11 +358,7 @@ fn open_zip(archive: Archive, opts: &OpenOptions) -> Result<Checkpoint> {
         &opts.interpret,
     )?;
     locate_storages(&archive, &mut table)?;
-    let records = archive
-        .records()
-        .iter()
-        .map(|r| (r.name.clone(), r.size))
-        .collect();
+    let records = archive.listing();
     Checkpoint::assemble(
         Format::Zip,
         root,

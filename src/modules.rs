@@ -104,7 +104,7 @@ fn dict_items(o: &Object) -> Vec<(String, &Object)> {
 }
 
 /// `state_dict()` holds detached tensors: plain tensors without grad.
-fn detached(v: &Object) -> Object {
+pub(crate) fn detached(v: &Object) -> Object {
     match v {
         Object::Tensor(t) => {
             let mut t = (**t).clone();

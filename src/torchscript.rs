@@ -23,6 +23,7 @@ use crate::checkpoint::{
 use crate::error::{Error, Result};
 use crate::interpret::{interpret, StorageTable, ZipPersistentLoad};
 use crate::model::{Object, OrderedDict, ScriptModule};
+use crate::modules::detached;
 
 /// Largest code file read (bytes, after inflating).
 const MAX_CODE_FILE: u64 = 64 << 20;
@@ -134,11 +135,7 @@ pub fn open(archive: Archive, opts: &OpenOptions) -> Result<Checkpoint> {
         state_dict,
         metadata: Some(metadata),
     }));
-    let records = archive
-        .records()
-        .iter()
-        .map(|r| (r.name.clone(), r.size))
-        .collect();
+    let records = archive.listing();
     let mut ckpt = Checkpoint::assemble(
         Format::TorchScript,
         root,
@@ -535,19 +532,6 @@ fn is_module(o: &Object, code: &CodeIndex) -> bool {
         None => {
             attributes(o).is_some_and(|a| a.iter().any(|(k, _)| k.as_str() == Some("training")))
         }
-    }
-}
-
-/// `state_dict()` holds detached tensors: plain tensors without grad.
-fn detached(v: &Object) -> Object {
-    match v {
-        Object::Tensor(t) => {
-            let mut t = (**t).clone();
-            t.is_parameter = false;
-            t.requires_grad = false;
-            Object::Tensor(Arc::new(t))
-        }
-        o => o.clone(),
     }
 }
 
