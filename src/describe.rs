@@ -657,23 +657,30 @@ pub fn human(ckpt: &Checkpoint) -> String {
     for n in &ckpt.notes {
         let _ = writeln!(s, "{n}");
     }
-    let tensors = match crate::model::is_amplified(&ckpt.root) {
+    let leaves = match crate::model::is_amplified(&ckpt.root) {
         Some((u, e)) => {
             let _ = writeln!(
                 s,
-                "note: the object tree shares structure ({u} objects expand to {e} nodes): tensors are not listed by path"
+                "note: the object tree shares structure ({u} objects expand to {e} nodes): it is not listed by path"
             );
             Vec::new()
         }
-        None => ckpt.root.tensors(1_000_000),
+        None => ckpt.root.leaves(1_000_000),
     };
-    let width = tensors
+    let width = leaves
         .iter()
         .map(|(k, _)| k.len())
         .max()
         .unwrap_or(0)
-        .min(60);
-    for (k, t) in &tensors {
+        .clamp(6, 60);
+    let mut n_tensors = 0usize;
+    for (k, o) in &leaves {
+        let key = if k.is_empty() { "<root>" } else { k };
+        let Object::Tensor(t) = o else {
+            let _ = writeln!(s, "  {key:width$}  {}", short_value(o));
+            continue;
+        };
+        n_tensors += 1;
         let loc = match t.storage {
             Some(i) => ckpt.storages[i].location.clone(),
             None => t.device.clone().unwrap_or_else(|| "meta".into()),
@@ -681,14 +688,12 @@ pub fn human(ckpt: &Checkpoint) -> String {
         let bytes = t.numel() * t.dtype.element_size() as u64;
         let _ = writeln!(
             s,
-            "  {:width$}  {:<14} {:<18} {:<8} {:>10}{}",
-            if k.is_empty() { "<root>" } else { k },
+            "  {key:width$}  {:<14} {:<18} {:<8} {:>10}{}",
             t.dtype.name(),
             format!("{:?}", t.shape),
             loc,
             human_bytes(bytes),
             if t.is_parameter { "  (parameter)" } else { "" },
-            width = width
         );
     }
     let mut by_loc: Vec<(String, u64, usize)> = Vec::new();
@@ -704,7 +709,7 @@ pub fn human(ckpt: &Checkpoint) -> String {
     let _ = writeln!(
         s,
         "{} tensors, {} storages, {} of storage data",
-        tensors.len(),
+        n_tensors,
         ckpt.storages.len(),
         human_bytes(ckpt.total_storage_bytes())
     );
@@ -712,6 +717,44 @@ pub fn human(ckpt: &Checkpoint) -> String {
         let _ = writeln!(s, "  {l}: {n} storages, {}", human_bytes(b));
     }
     s
+}
+
+/// A one-line summary of a non-tensor value for the human listing.
+fn short_value(o: &Object) -> String {
+    let text = match o {
+        Object::None => "None".to_string(),
+        Object::Bool(b) => if *b { "True" } else { "False" }.to_string(),
+        Object::Int(i) => i.to_string(),
+        Object::BigInt(b) => b.to_string(),
+        Object::Float(f) => f.to_string(),
+        Object::Complex(re, im) => format!("({re}{im:+}j)"),
+        Object::Str(v) => format!("{v:?}"),
+        Object::Bytes(b) | Object::ByteArray(b) => format!("{} bytes", b.len()),
+        Object::Size(d) => format!("torch.Size({d:?})"),
+        Object::Dtype(d) => format!("torch.{d}"),
+        Object::Device(d) => format!("device({d:?})"),
+        Object::Named(n) | Object::Global(n) => n.to_string(),
+        Object::Set(x) | Object::FrozenSet(x) => format!("set of {}", x.len()),
+        Object::QTensor(q) => format!(
+            "quantized {} {:?} ({})",
+            q.int_repr.dtype, q.int_repr.shape, q.qscheme
+        ),
+        Object::SparseTensor(t) => format!("{} {:?}", t.layout, t.shape),
+        Object::Storage(i) => format!("storage {i}"),
+        Object::Opaque(op) => format!("<{}>", op.class),
+        Object::Cycle => "<cycle>".to_string(),
+        other => crate::interpret::type_name(other).to_string(),
+    };
+    // Bounded and on one line whatever the file holds.
+    let mut t: String = text
+        .chars()
+        .take(120)
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    if text.chars().count() > 120 {
+        t.push_str("...");
+    }
+    t
 }
 
 /// `1.5 MiB`-style sizes.

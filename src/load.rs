@@ -4,23 +4,30 @@
 //!
 //! A [`Loader`] is the context carried into the load (like serde's `DeserializeSeed`):
 //!
-//! ```no_run
+//! ```
 //! use ptfile::{Loader, MapLocation};
+//! # let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/cuda_multi_gpu.pt");
 //!
 //! // As saved (cuda storages fall back to the CPU when no GPU is here):
-//! let loaded = Loader::new().load("model.pt")?;
+//! let loaded = Loader::new().load(path)?;
 //! // Everything to the CPU:
-//! let loaded = Loader::new().map_location(MapLocation::to("cpu")).load("model.pt")?;
+//! let loaded = Loader::new().map_location(MapLocation::to("cpu")).load(path)?;
+//! assert!(loaded.report.fallbacks().next().is_none());
 //! // A table old -> new:
 //! let loaded = Loader::new()
 //!     .map_location(MapLocation::table([("cuda:1", "cuda:0")]))
-//!     .load("model.pt")?;
-//! // A function of (storage, saved location):
+//!     .load(path)?;
+//! assert!(loaded.report.storages.iter().all(|r| r.location != "cuda:1"));
+//! // A function of (storage, saved location); None keeps the saved location:
 //! let loaded = Loader::new()
 //!     .map_location(MapLocation::func(|s, loc| (s.nbytes < 1024).then(|| "cpu".to_string())))
-//!     .load("model.pt")?;
+//!     .load(path)?;
 //! for r in &loaded.report.storages {
 //!     println!("{} {} -> {} ({:?})", r.key, r.saved_location, r.device, r.fallback);
+//! }
+//! // Strict mode refuses what it cannot place, as torch does:
+//! if !cfg!(feature = "cuda") {
+//!     assert!(Loader::new().strict(true).load(path).is_err());
 //! }
 //! # Ok::<(), ptfile::Error>(())
 //! ```

@@ -259,11 +259,23 @@ impl Object {
             _ => None,
         }
     }
-    /// Every tensor in the tree with its key path (`model.layer.weight`, `[2]`), in order.
+    /// Every tensor in the tree with its key path (`model.layer.weight`, `2`), in order.
     /// Shared subtrees are visited once per path; the walk is bounded by `max_items`.
     pub fn tensors(&self, max_items: usize) -> Vec<(String, Arc<Tensor>)> {
+        self.leaves(max_items)
+            .into_iter()
+            .filter_map(|(p, o)| match o {
+                Object::Tensor(t) => Some((p, t.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Every leaf of the tree (anything but a container or module) with its key path, in
+    /// order; bounded by `max_items` visited nodes.
+    pub fn leaves(&self, max_items: usize) -> Vec<(String, Object)> {
         let mut out = Vec::new();
-        let mut stack: Vec<(String, &Object)> = vec![(String::new(), self)];
+        let mut stack: Vec<(String, Object)> = vec![(String::new(), self.clone())];
         let mut visited = 0usize;
         while let Some((path, o)) = stack.pop() {
             visited += 1;
@@ -277,35 +289,40 @@ impl Object {
                     format!("{path}.{k}")
                 }
             };
-            let mut children: Vec<(String, &Object)> = Vec::new();
-            match o {
-                Object::Tensor(t) => out.push((path.clone(), t.clone())),
+            let mut children: Vec<(String, Object)> = Vec::new();
+            match &o {
+                Object::Tensor(_) => out.push((path.clone(), o.clone())),
                 Object::Dict(d) => {
                     for (k, v) in d.iter() {
-                        children.push((join(&key_text(k)), v));
+                        children.push((join(&key_text(k)), v.clone()));
                     }
                 }
                 Object::OrderedDict(d) => {
                     for (k, v) in d.items.iter() {
-                        children.push((join(&key_text(k)), v));
+                        children.push((join(&key_text(k)), v.clone()));
                     }
                 }
                 Object::Tuple(xs) | Object::List(xs) => {
                     for (i, v) in xs.iter().enumerate() {
-                        children.push((join(&i.to_string()), v));
+                        children.push((join(&i.to_string()), v.clone()));
                     }
                 }
                 Object::ScriptModule(m) => {
                     for (k, v) in &m.state_dict {
-                        children.push((join(k), v));
+                        children.push((join(k), v.clone()));
                     }
                 }
                 Object::Opaque(op) => {
-                    if let Some(s) = &op.state {
-                        children.push((path.clone(), s));
+                    if let Some(sd) = crate::modules::module_state_dict(&o) {
+                        // An nn.Module: its state dict is what a user means by its contents.
+                        for (k, v) in sd.items {
+                            children.push((join(&k), v));
+                        }
+                    } else if let Some(s) = &op.state {
+                        children.push((path.clone(), s.clone()));
                     }
                 }
-                _ => {}
+                _ => out.push((path.clone(), o.clone())),
             }
             stack.extend(children.into_iter().rev());
         }
