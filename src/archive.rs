@@ -48,6 +48,10 @@ pub struct Archive {
     index: HashMap<String, usize>,
 }
 
+/// Most bytes ever inflated from one record (torch stores tensor data and data.pkl
+/// uncompressed; only TorchScript code is deflated, and it is small).
+pub const MAX_INFLATE: u64 = 256 << 20;
+
 const HINT_ZIP: &str = "the file is damaged or not a PyTorch zip checkpoint";
 
 /// Whether `bytes` start like a zip file.
@@ -211,8 +215,14 @@ impl Archive {
     }
 
     /// A record's bytes: borrowed when stored, inflated when deflated, in both cases refusing
-    /// more than `max` bytes (a deflate bomb costs at most `max`).
+    /// more than `max` bytes; inflating stops at [`MAX_INFLATE`] whatever `max` says (a
+    /// deflate bomb costs at most that much memory).
     pub fn read_bounded(&self, rec: &Record, max: u64) -> Result<Cow<'_, [u8]>> {
+        let max = if rec.method == Method::Stored {
+            max
+        } else {
+            max.min(MAX_INFLATE)
+        };
         let too_big = || Error::Invalid {
             what: format!(
                 "record {:?} is larger than the {max}-byte limit for metadata records",

@@ -58,7 +58,7 @@ pub struct DescribeOptions {
 impl Default for DescribeOptions {
     fn default() -> Self {
         DescribeOptions {
-            max_nodes: 1_000_000,
+            max_nodes: 250_000,
             max_values: 64,
         }
     }
@@ -166,7 +166,7 @@ impl Describer<'_> {
                     self.opts.max_nodes
                 ),
                 location: "data.pkl".into(),
-                hint: "raise DescribeOptions::max_nodes if the file is trusted".into(),
+                hint: "if the file is trusted, raise the limit (`ptfile inspect --max-nodes N`, DescribeOptions::max_nodes)".into(),
             });
         }
         Ok(())
@@ -633,6 +633,11 @@ pub fn elements_i64(t: &Tensor, bytes: &[u8]) -> Vec<i64> {
 
 /// The human summary printed by `ptfile inspect`.
 pub fn human(ckpt: &Checkpoint) -> String {
+    human_with(ckpt, &DescribeOptions::default())
+}
+
+/// The human summary, listing at most `opts.max_nodes` entries.
+pub fn human_with(ckpt: &Checkpoint, opts: &DescribeOptions) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
@@ -665,8 +670,9 @@ pub fn human(ckpt: &Checkpoint) -> String {
             );
             Vec::new()
         }
-        None => ckpt.root.leaves(1_000_000),
+        None => ckpt.root.leaves(opts.max_nodes.saturating_add(1)),
     };
+    let cut = leaves.len() > opts.max_nodes;
     let width = leaves
         .iter()
         .map(|(k, _)| k.len())
@@ -674,7 +680,7 @@ pub fn human(ckpt: &Checkpoint) -> String {
         .unwrap_or(0)
         .clamp(6, 60);
     let mut n_tensors = 0usize;
-    for (k, o) in &leaves {
+    for (k, o) in leaves.iter().take(opts.max_nodes) {
         let key = if k.is_empty() { "<root>" } else { k };
         let Object::Tensor(t) = o else {
             let _ = writeln!(s, "  {key:width$}  {}", short_value(o));
@@ -694,6 +700,13 @@ pub fn human(ckpt: &Checkpoint) -> String {
             loc,
             human_bytes(bytes),
             if t.is_parameter { "  (parameter)" } else { "" },
+        );
+    }
+    if cut {
+        let _ = writeln!(
+            s,
+            "  ... (listing stopped after {} entries; `--max-nodes N` lists more)",
+            opts.max_nodes
         );
     }
     let mut by_loc: Vec<(String, u64, usize)> = Vec::new();

@@ -175,15 +175,11 @@ impl Default for InterpretOptions {
 pub fn check_globals(p: &Pickle, record: &str) -> Result<()> {
     for n in p.nodes() {
         match n {
-            Node::Global {
-                module,
-                name,
-                offset,
-            } if safety::denied(module, name) => {
+            Node::Global(g) if safety::denied(&g.module, &g.name) => {
                 return Err(Error::Unsafe {
-                    global: format!("{module}.{name}"),
+                    global: format!("{}.{}", g.module, g.name),
                     record: record.to_string(),
-                    offset: *offset,
+                    offset: g.offset,
                 });
             }
             Node::Ext { code, offset } => {
@@ -213,6 +209,7 @@ pub fn interpret(
         record,
         pl,
         table,
+        shared: shared_nodes(pickle),
         cache: HashMap::new(),
         in_progress: HashSet::new(),
         path: Vec::new(),
@@ -221,14 +218,58 @@ pub fn interpret(
     it.conv(pickle.root, 0)
 }
 
+/// Which nodes are referenced more than once (through the memo). Only those need a cache
+/// (so that shared objects stay shared) and cycle detection (a cycle must pass through one).
+fn shared_nodes(p: &Pickle) -> Vec<bool> {
+    let mut count = vec![0u8; p.len()];
+    let mut see = |id: NodeId| {
+        if let Some(c) = count.get_mut(id as usize) {
+            *c = c.saturating_add(1);
+        }
+    };
+    see(p.root);
+    for n in p.nodes() {
+        match n {
+            Node::Tuple(xs) | Node::List(xs) | Node::Set(xs) | Node::FrozenSet(xs) => {
+                xs.iter().copied().for_each(&mut see)
+            }
+            Node::Dict(ps) => ps.iter().for_each(|&(k, v)| {
+                see(k);
+                see(v)
+            }),
+            Node::Call(c) => {
+                see(c.callable);
+                see(c.args);
+                c.kwargs.into_iter().for_each(&mut see);
+                c.states.iter().copied().for_each(&mut see);
+                c.items.iter().for_each(|&(k, v)| {
+                    see(k);
+                    see(v)
+                });
+                c.appends.iter().copied().for_each(&mut see);
+            }
+            Node::PersId(x) => see(*x),
+            _ => {}
+        }
+    }
+    count.into_iter().map(|c| c > 1).collect()
+}
+
+/// One step of the key path to the object being interpreted (formatted only for errors).
+enum PathSeg {
+    Index(usize),
+    Key(Object),
+}
+
 struct Interp<'a> {
     p: &'a Pickle,
     record: &'a str,
     pl: &'a mut dyn PersistentLoad,
     table: &'a mut StorageTable,
+    shared: Vec<bool>,
     cache: HashMap<NodeId, Object>,
     in_progress: HashSet<NodeId>,
-    path: Vec<String>,
+    path: Vec<PathSeg>,
     max_depth: usize,
 }
 
@@ -269,7 +310,15 @@ impl Interp<'_> {
         let mut s = self.record.to_string();
         if !self.path.is_empty() {
             s.push_str(", key ");
-            s.push_str(&self.path.join("."));
+            let segs: Vec<String> = self
+                .path
+                .iter()
+                .map(|p| match p {
+                    PathSeg::Index(i) => i.to_string(),
+                    PathSeg::Key(k) => crate::model::key_text(k),
+                })
+                .collect();
+            s.push_str(&segs.join("."));
         }
         s
     }
@@ -281,7 +330,7 @@ impl Interp<'_> {
     fn conv_all(&mut self, ids: &[NodeId], depth: usize) -> Result<Vec<Object>> {
         let mut v = Vec::with_capacity(ids.len());
         for (i, &id) in ids.iter().enumerate() {
-            self.path.push(i.to_string());
+            self.path.push(PathSeg::Index(i));
             let r = self.conv(id, depth + 1);
             self.path.pop();
             v.push(r?);
@@ -297,7 +346,7 @@ impl Interp<'_> {
         let mut v = Vec::with_capacity(pairs.len());
         for &(k, val) in pairs {
             let k = self.conv(k, depth + 1)?;
-            self.path.push(crate::model::key_text(&k));
+            self.path.push(PathSeg::Key(k.clone()));
             let r = self.conv(val, depth + 1);
             self.path.pop();
             v.push((k, r?));
@@ -319,6 +368,9 @@ impl Interp<'_> {
             Node::Int(i) => return Ok(Object::Int(*i)),
             Node::Float(f) => return Ok(Object::Float(*f)),
             _ => {}
+        }
+        if !self.shared.get(id as usize).copied().unwrap_or(true) {
+            return self.conv_uncached(node, depth);
         }
         if let Some(o) = self.cache.get(&id) {
             return Ok(o.clone());
@@ -350,7 +402,7 @@ impl Interp<'_> {
             Node::Set(xs) => Object::Set(self.conv_all(xs, depth)?.into()),
             Node::FrozenSet(xs) => Object::FrozenSet(self.conv_all(xs, depth)?.into()),
             Node::Dict(pairs) => Object::Dict(self.conv_pairs(pairs, depth)?.into()),
-            Node::Global { module, name, .. } => global_value(module, name),
+            Node::Global(g) => global_value(&g.module, &g.name),
             Node::PersId(pid) => {
                 let pid = self.conv(*pid, depth + 1)?;
                 let at = self.at();
@@ -369,9 +421,9 @@ impl Interp<'_> {
 
     fn global_name(&self, id: NodeId) -> Option<(String, String)> {
         match self.p.node(id) {
-            Node::Global { module, name, .. } => Some((
-                safety::canonical_module(module).to_string(),
-                name.to_string(),
+            Node::Global(g) => Some((
+                safety::canonical_module(&g.module).to_string(),
+                g.name.to_string(),
             )),
             _ => None,
         }

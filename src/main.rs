@@ -23,6 +23,10 @@ enum Cmd {
         /// Print the JSON description (the fixtures' schema) instead of the summary.
         #[arg(long)]
         json: bool,
+        /// Most nodes the description (or listing) may have: a file whose tree is larger is
+        /// refused with --json and cut short in the listing (output stays bounded).
+        #[arg(long, default_value_t = 250_000, value_name = "N")]
+        max_nodes: usize,
         /// The checkpoint file.
         file: PathBuf,
     },
@@ -100,13 +104,21 @@ fn real_main() -> ExitCode {
 
 fn run(cli: Cli) -> ptfile::Result<()> {
     match cli.cmd {
-        Cmd::Inspect { json, file } => {
+        Cmd::Inspect {
+            json,
+            max_nodes,
+            file,
+        } => {
             let ckpt = ptfile::Checkpoint::open(&file)?;
+            let opts = ptfile::describe::DescribeOptions {
+                max_nodes,
+                ..Default::default()
+            };
             let out = if json {
-                let v = ptfile::describe::describe(&ckpt)?;
+                let v = ptfile::describe::describe_with(&ckpt, &ckpt.root, &ckpt, &opts)?;
                 serde_json::to_string(&v).map_err(|e| ptfile::Error::Usage(e.to_string()))?
             } else {
-                ptfile::describe::human(&ckpt)
+                ptfile::describe::human_with(&ckpt, &opts)
             };
             let mut so = std::io::stdout().lock();
             let _ = writeln!(so, "{out}");

@@ -289,33 +289,35 @@ impl Object {
                     format!("{path}.{k}")
                 }
             };
+            // Never hold more pending entries than can still be visited.
+            let room = max_items.saturating_sub(visited + stack.len());
             let mut children: Vec<(String, Object)> = Vec::new();
             match &o {
                 Object::Tensor(_) => out.push((path.clone(), o.clone())),
                 Object::Dict(d) => {
-                    for (k, v) in d.iter() {
+                    for (k, v) in d.iter().take(room) {
                         children.push((join(&key_text(k)), v.clone()));
                     }
                 }
                 Object::OrderedDict(d) => {
-                    for (k, v) in d.items.iter() {
+                    for (k, v) in d.items.iter().take(room) {
                         children.push((join(&key_text(k)), v.clone()));
                     }
                 }
                 Object::Tuple(xs) | Object::List(xs) => {
-                    for (i, v) in xs.iter().enumerate() {
+                    for (i, v) in xs.iter().enumerate().take(room) {
                         children.push((join(&i.to_string()), v.clone()));
                     }
                 }
                 Object::ScriptModule(m) => {
-                    for (k, v) in &m.state_dict {
+                    for (k, v) in m.state_dict.iter().take(room) {
                         children.push((join(k), v.clone()));
                     }
                 }
                 Object::Opaque(op) => {
                     if let Some(sd) = crate::modules::module_state_dict(&o) {
                         // An nn.Module: its state dict is what a user means by its contents.
-                        for (k, v) in sd.items {
+                        for (k, v) in sd.items.into_iter().take(room) {
                             children.push((join(&k), v));
                         }
                     } else if let Some(s) = &op.state {

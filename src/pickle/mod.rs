@@ -64,6 +64,17 @@ pub struct Call {
     pub appends: Vec<NodeId>,
 }
 
+/// A global reference: `module.name` as written, and where.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Global {
+    /// Module name as written.
+    pub module: Box<str>,
+    /// Qualified name as written.
+    pub name: Box<str>,
+    /// Byte offset of the opcode that named it.
+    pub offset: u64,
+}
+
 /// One value of the pickle.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Node {
@@ -97,14 +108,7 @@ pub enum Node {
     /// A frozenset.
     FrozenSet(Vec<NodeId>),
     /// A global reference (`GLOBAL`, `STACK_GLOBAL`, `INST`), never resolved here.
-    Global {
-        /// Module name as written.
-        module: Box<str>,
-        /// Qualified name as written.
-        name: Box<str>,
-        /// Byte offset of the opcode that named it.
-        offset: u64,
-    },
+    Global(Box<Global>),
     /// A symbolic call.
     Call(Box<Call>),
     /// A persistent id (`PERSID`: a str node; `BINPERSID`: any node).
@@ -140,8 +144,8 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Self {
         Limits {
-            max_nodes: 10_000_000,
-            max_memo: 10_000_000,
+            max_nodes: 4_000_000,
+            max_memo: 4_000_000,
             max_stack: 10_000_000,
             max_marks: 1_000_000,
             max_int_bytes: 8192,
@@ -482,11 +486,11 @@ impl<'a> Machine<'a> {
     }
 
     fn global(&mut self, module: &str, name: &str) -> R<NodeId> {
-        self.add(Node::Global {
+        self.add(Node::Global(Box::new(Global {
             module: module.into(),
             name: name.into(),
             offset: self.op_start as u64,
-        })
+        })))
     }
 
     fn call(
@@ -987,7 +991,7 @@ pub fn kind_name(n: &Node) -> &'static str {
         Node::Dict(_) => "dict",
         Node::Set(_) => "set",
         Node::FrozenSet(_) => "frozenset",
-        Node::Global { .. } => "global",
+        Node::Global(_) => "global",
         Node::Call(_) => "object",
         Node::PersId(_) => "persistent id",
         Node::Ext { .. } => "extension code",

@@ -166,13 +166,13 @@ fn globals_and_calls_are_data() {
         Node::Call(c) => {
             assert_eq!(c.kind, CallKind::Reduce);
             assert!(
-                matches!(pk.node(c.callable), Node::Global { module, name, .. } if &**module == "os" && &**name == "system")
+                matches!(pk.node(c.callable), Node::Global(g) if &*g.module == "os" && &*g.name == "system")
             );
         }
         o => panic!("{o:?}"),
     }
     let pk = p(b"\x8c\x08builtins\x8c\x04eval\x93.");
-    assert!(matches!(pk.node(pk.root), Node::Global { name, .. } if &**name == "eval"));
+    assert!(matches!(pk.node(pk.root), Node::Global(g) if &*g.name == "eval"));
     let pk = p(b"(X\x01\x00\x00\x00aios\nsystem\n.");
     assert!(matches!(pk.node(pk.root), Node::Call(c) if c.kind == CallKind::Inst));
     let pk = p(b"(cos\nsystem\nX\x01\x00\x00\x00ao.");
@@ -318,4 +318,14 @@ fn writer_output_parses_back() {
         }
         o => panic!("{o:?}"),
     }
+}
+
+#[test]
+fn node_stays_small() {
+    // The arena holds up to Limits::max_nodes of these.
+    assert!(
+        std::mem::size_of::<Node>() <= 32,
+        "{}",
+        std::mem::size_of::<Node>()
+    );
 }
