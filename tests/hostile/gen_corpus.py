@@ -949,6 +949,10 @@ def gen_dos():
         add(n, C, deflated_pkl_zip(pre, unit, count, suf), "ok_or_error", is_zip=True,
             note=note + "; data.pkl deflated, inflates to ~60 MB")
 
+    n = "dos_ops_list_of_lists_3m"
+    add(n, C, deflated_pkl_zip(b"\x80\x02]", b"]a", 3_500_000, b"."), "ok_or_error", is_zip=True,
+        note="a list of 3.5M distinct empty lists, under the node limit: memory and output size")
+
     # zip bombs
     n = "dos_zipbomb_datapkl_zeros_60m"
     recs = torch_records(b"", {})
