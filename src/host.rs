@@ -121,9 +121,15 @@ pub fn load_cpu(ckpt: &Checkpoint, which: &[usize]) -> Result<Vec<CpuStorage>> {
         }
     }
     let total: usize = jobs.iter().map(|j| j.0.len()).sum();
-    let threads = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1)
+    let threads = std::env::var("PTFILE_THREADS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        })
         .min(16)
         .min(jobs.len().max(1));
     let run = |part: Vec<(&mut [u8], u64, usize)>| -> std::io::Result<()> {
@@ -138,12 +144,21 @@ pub fn load_cpu(ckpt: &Checkpoint, which: &[usize]) -> Result<Vec<CpuStorage>> {
     let result = if threads <= 1 || total < (8 << 20) {
         run(jobs)
     } else {
-        // Largest jobs first, dealt round-robin so every thread gets a similar share.
-        jobs.sort_by_key(|j| std::cmp::Reverse(j.0.len()));
-        let mut parts: Vec<Vec<(&mut [u8], u64, usize)>> =
-            (0..threads).map(|_| Vec::new()).collect();
-        for (k, j) in jobs.into_iter().enumerate() {
-            parts[k % threads].push(j);
+        // Each thread reads one contiguous stretch of the file, in file order: sequential
+        // reads keep the kernel's readahead working when the file is not cached.
+        jobs.sort_by_key(|j| j.1);
+        let share = total.div_ceil(threads);
+        let mut parts: Vec<Vec<(&mut [u8], u64, usize)>> = vec![Vec::new()];
+        let mut acc = 0usize;
+        for j in jobs {
+            if acc >= share && parts.len() < threads {
+                parts.push(Vec::new());
+                acc = 0;
+            }
+            acc += j.0.len();
+            if let Some(last) = parts.last_mut() {
+                last.push(j);
+            }
         }
         std::thread::scope(|sc| {
             let handles: Vec<_> = parts

@@ -46,10 +46,6 @@ impl Source {
         // mmap-based loader (torch's mmap=True, safetensors) we document that checkpoints must
         // not be modified while open. Every access is bounds-checked against `len()`.
         let map = unsafe { memmap2::MmapOptions::new().map(&file) }.map_err(io)?;
-        #[cfg(unix)]
-        {
-            let _ = map.advise(memmap2::Advice::WillNeed);
-        }
         Ok(Source(Arc::new(Backing::Map(map, file))))
     }
 
