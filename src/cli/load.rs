@@ -74,10 +74,16 @@ pub fn run(args: &LoadArgs) -> ptfile::Result<()> {
         ptfile::describe::human_bytes(rep.storages.iter().map(|s| s.nbytes).sum())
     );
     for (dev, bytes, n) in rep.bytes_by_device() {
+        // Name the device (GPU or adapter) where the backend can.
+        let name = ptfile_backend::Location::parse(&dev).ok().and_then(|l| {
+            let b = loader.get_registry().backend(&l.device_type)?;
+            b.describe_device(l.index.unwrap_or(0))
+        });
         let _ = writeln!(
             out,
-            "  {dev}: {n} storages, {}",
-            ptfile::describe::human_bytes(bytes)
+            "  {dev}: {n} storages, {}{}",
+            ptfile::describe::human_bytes(bytes),
+            name.map(|n| format!(" ({n})")).unwrap_or_default()
         );
     }
     let mut reasons: Vec<(String, String, usize)> = Vec::new();
