@@ -7,6 +7,7 @@
 
 use std::borrow::Cow;
 use std::fmt::Write as _;
+use std::sync::Arc;
 
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
@@ -91,6 +92,13 @@ pub fn describe_with(
         opts,
         nodes: 0,
         used: vec![false; ckpt.storages.len()],
+        text_bytes: 0,
+        hashed: 0,
+        hash_budget: ckpt
+            .total_storage_bytes()
+            .saturating_mul(4)
+            .saturating_add(256 << 20),
+        digests: std::collections::HashMap::new(),
     };
     let root_v = d.node(root)?;
     let mut storages = Vec::new();
@@ -118,7 +126,7 @@ pub fn describe_with(
 
 /// Views may expand their storage (stride 0) by at most this many bytes beyond 4x its size
 /// before ptfile declines to hash them.
-const MAX_EXPANDED_HASH: u64 = 256 << 20;
+const MAX_EXPANDED_HASH: u64 = 64 << 20;
 
 struct Describer<'a> {
     ckpt: &'a Checkpoint,
@@ -126,7 +134,18 @@ struct Describer<'a> {
     opts: &'a DescribeOptions,
     nodes: usize,
     used: Vec<bool>,
+    /// Bytes of str/bytes values written so far, and the most allowed.
+    text_bytes: u64,
+    /// Bytes of tensor elements hashed so far, and the most allowed.
+    hashed: u64,
+    hash_budget: u64,
+    /// Digests by tensor (a tensor referenced many times is hashed once).
+    digests: std::collections::HashMap<usize, (Value, Option<Value>, Option<String>)>,
 }
+
+/// Most bytes of str and bytes values a description writes (a memoized 8 MB string
+/// referenced a thousand times must not become 8 GB of output).
+pub const MAX_TEXT_BYTES: u64 = 256 << 20;
 
 fn hex(b: &[u8]) -> String {
     let mut s = String::with_capacity(b.len() * 2);
@@ -172,6 +191,39 @@ impl Describer<'_> {
         Ok(())
     }
 
+    fn text(&mut self, n: usize) -> Result<()> {
+        self.text_bytes = self.text_bytes.saturating_add(n as u64);
+        if self.text_bytes > MAX_TEXT_BYTES {
+            return Err(Error::Unsupported {
+                what: format!(
+                    "the description would hold more than {MAX_TEXT_BYTES} bytes of strings (a memoized string reused many times)"
+                ),
+                location: "data.pkl".into(),
+                hint: "read the object tree through the library instead".into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Whether hashing `view_bytes` more bytes of a view of a `nbytes` storage is within the
+    /// budgets: a stride-0 view may not multiply its storage, and the whole description hashes
+    /// at most 4x the storage bytes plus 256 MiB. Err is the note saying why not.
+    fn may_hash(&mut self, view_bytes: u64, nbytes: u64) -> std::result::Result<(), String> {
+        if view_bytes > nbytes.saturating_mul(4).saturating_add(MAX_EXPANDED_HASH) {
+            return Err(format!(
+                "not hashed: the view repeats {nbytes} storage bytes as {view_bytes} bytes"
+            ));
+        }
+        if self.hashed.saturating_add(view_bytes) > self.hash_budget {
+            return Err(format!(
+                "not hashed: the description already hashed {} bytes (views repeat their storages)",
+                self.hashed
+            ));
+        }
+        self.hashed += view_bytes;
+        Ok(())
+    }
+
     fn items(&mut self, xs: &[Object]) -> Result<Vec<Value>> {
         xs.iter().map(|x| self.node(x)).collect()
     }
@@ -193,9 +245,18 @@ impl Describer<'_> {
             Object::Complex(re, im) => {
                 json!({"type": "complex", "value": [float_json(*re), float_json(*im)]})
             }
-            Object::Str(s) => json!({"type": "str", "value": s.to_string()}),
-            Object::Bytes(b) => json!({"type": "bytes", "hex": hex(b)}),
-            Object::ByteArray(b) => json!({"type": "bytearray", "hex": hex(b)}),
+            Object::Str(s) => {
+                self.text(s.len())?;
+                json!({"type": "str", "value": s.to_string()})
+            }
+            Object::Bytes(b) => {
+                self.text(b.len() * 2)?;
+                json!({"type": "bytes", "hex": hex(b)})
+            }
+            Object::ByteArray(b) => {
+                self.text(b.len() * 2)?;
+                json!({"type": "bytearray", "hex": hex(b)})
+            }
             Object::Tuple(xs) => json!({"type": "tuple", "items": self.items(xs)?}),
             Object::List(xs) => json!({"type": "list", "items": self.items(xs)?}),
             Object::Set(xs) => json!({"type": "set", "items": self.items(xs)?}),
@@ -210,7 +271,7 @@ impl Describer<'_> {
                 }
                 Value::Object(m)
             }
-            Object::Tensor(t) => self.tensor(t)?,
+            Object::Tensor(t) => self.tensor(t, Arc::as_ptr(t) as usize)?,
             Object::QTensor(q) => self.qtensor(q)?,
             Object::SparseTensor(s) => self.sparse(s)?,
             Object::Storage(i) => {
@@ -268,7 +329,7 @@ impl Describer<'_> {
         Ok(json!({"type": "ordered_dict", "items": items}))
     }
 
-    fn tensor(&mut self, t: &Tensor) -> Result<Value> {
+    fn tensor(&mut self, t: &Tensor, id: usize) -> Result<Value> {
         let mut m = Map::new();
         m.insert(
             "type".into(),
@@ -294,25 +355,31 @@ impl Describer<'_> {
                 self.used[si] = true;
                 m.insert("device".into(), json!(self.bytes.storage_device(si)));
                 m.insert("storage".into(), json!(si));
-                let nbytes = self.ckpt.storages[si].nbytes;
-                let view_bytes = t.numel().saturating_mul(t.dtype.element_size() as u64);
-                if view_bytes > nbytes.saturating_mul(4).saturating_add(MAX_EXPANDED_HASH) {
-                    // A stride-0 view repeating a small storage billions of times: hashing
-                    // it would cost time the file does not pay for. Say so instead.
-                    m.insert("sha256".into(), Value::Null);
-                    m.insert(
-                        "note".into(),
-                        json!(format!(
-                            "not hashed: the view repeats {nbytes} storage bytes as {view_bytes} bytes"
-                        )),
-                    );
-                } else {
-                    let bytes = self.bytes.storage_bytes(si)?;
-                    let (sha, values) = tensor_digest(t, &bytes, self.opts.max_values);
-                    m.insert("sha256".into(), json!(sha));
-                    if let Some(v) = values {
-                        m.insert("values".into(), v);
+                let (sha, values, note) = match self.digests.get(&id) {
+                    Some(d) => d.clone(),
+                    None => {
+                        let nbytes = self.ckpt.storages[si].nbytes;
+                        let view_bytes = t.numel().saturating_mul(t.dtype.element_size() as u64);
+                        // A stride-0 view repeating a small storage billions of times, or
+                        // views hashed over and over: say so instead of spending the time.
+                        let d = match self.may_hash(view_bytes, nbytes) {
+                            Err(note) => (Value::Null, None, Some(note)),
+                            Ok(()) => {
+                                let bytes = self.bytes.storage_bytes(si)?;
+                                let (sha, values) = tensor_digest(t, &bytes, self.opts.max_values);
+                                (json!(sha), values, None)
+                            }
+                        };
+                        self.digests.insert(id, d.clone());
+                        d
                     }
+                };
+                m.insert("sha256".into(), sha);
+                if let Some(v) = values {
+                    m.insert("values".into(), v);
+                }
+                if let Some(n) = note {
+                    m.insert("note".into(), json!(n));
                 }
             }
         }
@@ -321,27 +388,44 @@ impl Describer<'_> {
 
     fn qtensor(&mut self, q: &crate::model::QTensor) -> Result<Value> {
         let t = &q.int_repr;
-        let si = t.storage.unwrap_or(0);
+        let need = |t: &Tensor| {
+            t.storage
+                .ok_or_else(|| Error::invalid("quantized tensor part has no storage", "qtensor"))
+        };
+        let si = need(t)?;
         self.used[si] = true;
-        let bytes = self.bytes.storage_bytes(si)?;
-        let (sha, _) = tensor_digest(t, &bytes, 0);
-        let ints = tensor_elements_i64(t, &bytes);
-        let scales = match &q.scales {
-            Some(s) => {
-                let b = self.bytes.storage_bytes(s.storage.unwrap_or(0))?;
-                tensor_elements_f64(s, &b)
+        let small = t.numel() <= self.opts.max_values;
+        let view_bytes = t.numel().saturating_mul(t.dtype.element_size() as u64);
+        let sha = match self.may_hash(view_bytes, self.ckpt.storages[si].nbytes) {
+            Ok(()) => {
+                let bytes = self.bytes.storage_bytes(si)?;
+                json!(tensor_digest(t, &bytes, 0).0)
             }
-            None => Vec::new(),
+            Err(_) => Value::Null,
         };
-        let zps = match &q.zero_points {
-            Some(z) => {
-                let b = self.bytes.storage_bytes(z.storage.unwrap_or(0))?;
-                tensor_elements_i64(z, &b)
+        // Elements are only needed for the dequantized values of small tensors.
+        let (mut ints, mut scales, mut zps) = (Vec::new(), Vec::new(), Vec::new());
+        if small {
+            ints = tensor_elements_i64(t, &self.bytes.storage_bytes(si)?);
+            // Per-channel parameters: one per channel, so at most as many as elements.
+            for (p, is_scale) in [(&q.scales, true), (&q.zero_points, false)] {
+                let Some(p) = p else { continue };
+                if p.numel() > self.opts.max_values.max(64) * 64 {
+                    return Err(Error::invalid(
+                        "per-channel quantizer parameters larger than the tensor",
+                        "qtensor",
+                    ));
+                }
+                let b = self.bytes.storage_bytes(need(p)?)?;
+                if is_scale {
+                    scales = tensor_elements_f64(p, &b);
+                } else {
+                    zps = tensor_elements_i64(p, &b);
+                }
             }
-            None => Vec::new(),
-        };
+        }
         let mut deq = Vec::new();
-        if t.numel() <= self.opts.max_values {
+        if small {
             let axis = q.axis.unwrap_or(0).max(0) as usize;
             for (flat, &v) in ints.iter().enumerate() {
                 let (scale, zp) = match (q.scale, q.zero_point) {
@@ -364,7 +448,7 @@ impl Describer<'_> {
         m.insert("dtype".into(), json!(t.dtype.name()));
         m.insert("shape".into(), json!(t.shape));
         m.insert("qscheme".into(), json!(q.qscheme));
-        m.insert("int_repr_sha256".into(), json!(sha));
+        m.insert("int_repr_sha256".into(), sha);
         m.insert("device".into(), json!(self.bytes.storage_device(si)));
         if t.numel() <= self.opts.max_values {
             m.insert("dequant_values".into(), json!(deq));
@@ -415,9 +499,13 @@ pub fn for_each_element(t: &Tensor, mut f: impl FnMut(usize)) {
     }
     let nd = t.shape.len();
     let mut idx = vec![0i64; nd];
-    let mut off = t.storage_offset;
+    // i128: a stride on a dimension of size 1 is never used but may be i64::MAX, so the
+    // intermediate sums must not overflow. Offsets actually visited were validated at open.
+    let mut off = t.storage_offset as i128;
     loop {
-        f(off as usize * es);
+        f(usize::try_from(off)
+            .unwrap_or(usize::MAX)
+            .saturating_mul(es));
         // Advance the multi-index (last dimension fastest).
         let mut d = nd;
         loop {
@@ -426,11 +514,11 @@ pub fn for_each_element(t: &Tensor, mut f: impl FnMut(usize)) {
             }
             d -= 1;
             idx[d] += 1;
-            off += t.stride[d];
+            off += t.stride[d] as i128;
             if idx[d] < t.shape[d] {
                 break;
             }
-            off -= t.stride[d] * t.shape[d];
+            off -= t.stride[d] as i128 * t.shape[d] as i128;
             idx[d] = 0;
         }
     }
@@ -445,15 +533,15 @@ pub fn tensor_digest(t: &Tensor, bytes: &[u8], max_values: u64) -> (String, Opti
     let mut h = Sha256::new();
     let n = t.numel();
     if t.is_contiguous() && !xform {
-        let start = t.storage_offset as usize * es;
-        let end = start + n as usize * es;
+        let start = (t.storage_offset as usize).saturating_mul(es);
+        let end = start.saturating_add((n as usize).saturating_mul(es));
         if let Some(b) = bytes.get(start..end) {
             h.update(b);
         }
     } else {
         let mut buf = Vec::with_capacity(64 * 1024);
         for_each_element(t, |o| {
-            if let Some(b) = bytes.get(o..o + es) {
+            if let Some(b) = bytes.get(o..o.saturating_add(es)) {
                 let at = buf.len();
                 buf.extend_from_slice(b);
                 if xform {
@@ -474,7 +562,7 @@ pub fn tensor_digest(t: &Tensor, bytes: &[u8], max_values: u64) -> (String, Opti
     let mut vals = Vec::with_capacity(n as usize);
     let mut ok = true;
     let mut el = vec![0u8; es];
-    for_each_element(t, |o| match bytes.get(o..o + es) {
+    for_each_element(t, |o| match bytes.get(o..o.saturating_add(es)) {
         Some(b) => {
             el.copy_from_slice(b);
             if xform {
@@ -591,9 +679,12 @@ pub fn element_json(dtype: DType, b: &[u8]) -> Option<Value> {
 fn tensor_elements_i64(t: &Tensor, bytes: &[u8]) -> Vec<i64> {
     let es = t.dtype.element_size();
     let mut v = Vec::new();
+    if es > 8 || matches!(t.dtype.kind(), Kind::Complex(_)) {
+        return v;
+    }
     let unsigned = t.dtype.name().starts_with("qu") || t.dtype.kind() == Kind::UInt;
     for_each_element(t, |o| {
-        if let Some(b) = bytes.get(o..o + es) {
+        if let Some(b) = bytes.get(o..o.saturating_add(es)) {
             let mut a = [0u8; 8];
             a[..es].copy_from_slice(b);
             let x = if unsigned {
@@ -612,7 +703,7 @@ fn tensor_elements_f64(t: &Tensor, bytes: &[u8]) -> Vec<f64> {
     let es = t.dtype.element_size();
     let mut v = Vec::new();
     for_each_element(t, |o| {
-        if let Some(b) = bytes.get(o..o + es) {
+        if let Some(b) = bytes.get(o..o.saturating_add(es)) {
             if let Some(Value::Number(n)) = element_json(t.dtype, b) {
                 v.push(n.as_f64().unwrap_or(0.0));
             }
@@ -691,7 +782,7 @@ pub fn human_with(ckpt: &Checkpoint, opts: &DescribeOptions) -> String {
             Some(i) => ckpt.storages[i].location.clone(),
             None => t.device.clone().unwrap_or_else(|| "meta".into()),
         };
-        let bytes = t.numel() * t.dtype.element_size() as u64;
+        let bytes = t.numel().saturating_mul(t.dtype.element_size() as u64);
         let _ = writeln!(
             s,
             "  {key:width$}  {:<14} {:<18} {:<8} {:>10}{}",
@@ -741,7 +832,7 @@ fn short_value(o: &Object) -> String {
         Object::BigInt(b) => b.to_string(),
         Object::Float(f) => f.to_string(),
         Object::Complex(re, im) => format!("({re}{im:+}j)"),
-        Object::Str(v) => format!("{v:?}"),
+        Object::Str(v) => format!("{:?}", v.chars().take(121).collect::<String>()),
         Object::Bytes(b) | Object::ByteArray(b) => format!("{} bytes", b.len()),
         Object::Size(d) => format!("torch.Size({d:?})"),
         Object::Dtype(d) => format!("torch.{d}"),

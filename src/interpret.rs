@@ -54,6 +54,9 @@ pub struct ZipPersistentLoad {
     pub dir: &'static str,
 }
 
+/// Longest storage key or location accepted (torch writes `"0"` and `"cuda:0"`).
+pub const MAX_LOCATION: usize = 1024;
+
 /// Parses the storage class of a persistent id: a typed storage gives its dtype, an untyped
 /// one None.
 pub fn storage_class_dtype(cls: &Object, at: &str) -> Result<Option<DType>> {
@@ -117,6 +120,12 @@ impl PersistentLoad for ZipPersistentLoad {
         }
         let dtype = storage_class_dtype(&items[1], at)?;
         let key = match &items[2] {
+            Object::Str(s) if s.len() > MAX_LOCATION => {
+                return Err(Error::invalid(
+                    format!("storage key longer than {MAX_LOCATION} bytes"),
+                    at,
+                ))
+            }
             Object::Str(s) => s.to_string(),
             Object::Int(i) => i.to_string(),
             other => {
@@ -139,8 +148,14 @@ impl PersistentLoad for ZipPersistentLoad {
         }
         let location = items[3]
             .as_str()
-            .ok_or_else(|| Error::invalid("storage location is not a str", at))?
-            .to_string();
+            .ok_or_else(|| Error::invalid("storage location is not a str", at))?;
+        if location.len() > MAX_LOCATION || key.len() > MAX_LOCATION {
+            return Err(Error::invalid(
+                format!("storage key or location longer than {MAX_LOCATION} bytes"),
+                at,
+            ));
+        }
+        let location = location.to_string();
         let numel = items[4]
             .as_int()
             .ok_or_else(|| Error::invalid("storage size is not an int", at))?;
@@ -214,6 +229,8 @@ pub fn interpret(
         in_progress: HashSet::new(),
         path: Vec::new(),
         max_depth: opts.max_depth,
+        copied: 0,
+        max_copied: 10_000_000,
     };
     it.conv(pickle.root, 0)
 }
@@ -271,6 +288,8 @@ struct Interp<'a> {
     in_progress: HashSet<NodeId>,
     path: Vec<PathSeg>,
     max_depth: usize,
+    copied: usize,
+    max_copied: usize,
 }
 
 /// A Python-ish name for an object's type, for messages.
@@ -597,7 +616,10 @@ impl Interp<'_> {
                     Some(Object::List(x))
                     | Some(Object::Tuple(x))
                     | Some(Object::Set(x))
-                    | Some(Object::FrozenSet(x)) => x.to_vec(),
+                    | Some(Object::FrozenSet(x)) => {
+                        self.charge(x.len())?;
+                        x.to_vec()
+                    }
                     None => Vec::new(),
                     Some(o) => return Err(self.invalid(format!("{name}() of a {}", type_name(o)))),
                 };
@@ -625,7 +647,10 @@ impl Interp<'_> {
                 let args = self.args(call, depth)?;
                 let b = match args.first() {
                     None => Vec::new(),
-                    Some(Object::Bytes(b)) | Some(Object::ByteArray(b)) => b.to_vec(),
+                    Some(Object::Bytes(b)) | Some(Object::ByteArray(b)) => {
+                        self.charge(b.len() / 8)?;
+                        b.to_vec()
+                    }
                     Some(Object::Str(s)) => latin1(s).ok_or_else(|| {
                         self.invalid("bytearray() of a str with characters past U+00FF")
                     })?,
@@ -719,7 +744,27 @@ impl Interp<'_> {
         })))
     }
 
-    fn pairs_from(&self, o: &Object) -> Result<Vec<(Object, Object)>> {
+    /// Charges `n` copied items against the copy budget: a memoized container handed to
+    /// many constructors (`OrderedDict(d)`, `set(x)`) must not cost its size each time.
+    fn charge(&mut self, n: usize) -> Result<()> {
+        self.copied = self.copied.saturating_add(n);
+        if self.copied > self.max_copied {
+            return Err(self.invalid(format!(
+                "constructors copy more than {} items in all (a memoized container reused many times)",
+                self.max_copied
+            )));
+        }
+        Ok(())
+    }
+
+    fn pairs_from(&mut self, o: &Object) -> Result<Vec<(Object, Object)>> {
+        let n = match o {
+            Object::List(xs) | Object::Tuple(xs) => xs.len(),
+            Object::Dict(d) => d.len(),
+            Object::OrderedDict(d) => d.items.len(),
+            _ => 0,
+        };
+        self.charge(n)?;
         match o {
             Object::List(xs) | Object::Tuple(xs) => xs
                 .iter()

@@ -285,6 +285,11 @@ impl Object {
             let join = |k: &str| {
                 if path.is_empty() {
                     k.to_string()
+                } else if path.len() > MAX_PATH {
+                    // Deep trees of long keys: the path stops growing (it already ends in "...").
+                    path.clone()
+                } else if path.len() + k.len() > MAX_PATH {
+                    format!("{path}....")
                 } else {
                     format!("{path}.{k}")
                 }
@@ -332,20 +337,48 @@ impl Object {
     }
 }
 
-/// How a dict key prints in a key path.
+/// Longest key path [`Object::leaves`] builds before it stops growing.
+pub const MAX_PATH: usize = 512;
+
+/// Longest key-path segment [`key_text`] produces (file keys can be megabytes long).
+pub const MAX_KEY_TEXT: usize = 64;
+
+/// How a dict key prints in a key path: at most [`MAX_KEY_TEXT`] characters (longer keys end
+/// in `...`), however large or deeply nested (tuple keys) the key is.
 pub fn key_text(k: &Object) -> String {
-    match k {
-        Object::Str(s) => s.to_string(),
-        Object::Int(i) => i.to_string(),
-        Object::Bool(b) => if *b { "True" } else { "False" }.into(),
-        Object::None => "None".into(),
-        Object::Float(f) => f.to_string(),
-        Object::Tuple(t) => format!(
-            "({})",
-            t.iter().map(key_text).collect::<Vec<_>>().join(", ")
-        ),
-        _ => "<key>".into(),
+    fn put(k: &Object, out: &mut String) {
+        if out.len() > MAX_KEY_TEXT {
+            return;
+        }
+        match k {
+            Object::Str(s) => out.extend(s.chars().take(MAX_KEY_TEXT + 1)),
+            Object::Int(i) => out.push_str(&i.to_string()),
+            Object::Bool(b) => out.push_str(if *b { "True" } else { "False" }),
+            Object::None => out.push_str("None"),
+            Object::Float(f) => out.push_str(&f.to_string()),
+            Object::Tuple(t) => {
+                out.push('(');
+                for (i, x) in t.iter().enumerate() {
+                    if out.len() > MAX_KEY_TEXT {
+                        break;
+                    }
+                    if i > 0 {
+                        out.push_str(", ");
+                    }
+                    put(x, out);
+                }
+                out.push(')');
+            }
+            _ => out.push_str("<key>"),
+        }
     }
+    let mut out = String::new();
+    put(k, &mut out);
+    if out.chars().count() > MAX_KEY_TEXT {
+        out = out.chars().take(MAX_KEY_TEXT - 3).collect();
+        out.push_str("...");
+    }
+    out
 }
 
 /// Sizes of an object tree: (distinct objects, nodes once every shared subtree is written out

@@ -6,8 +6,8 @@ use crate::describe::{elements_i64, StorageBytes};
 use crate::error::{Error, Result};
 use crate::model::SparseTensor;
 
-/// Largest dense equivalent built, in bytes.
-const MAX_DENSE: u64 = 1 << 30;
+/// Largest dense equivalent built, in bytes (and largest values or index tensor read).
+const MAX_DENSE: u64 = 256 << 20;
 
 /// The dense equivalent of `s` as little-endian bytes (row-major).
 pub fn to_dense(s: &SparseTensor, ckpt: &Checkpoint, bytes: &dyn StorageBytes) -> Result<Vec<u8>> {
@@ -17,39 +17,59 @@ pub fn to_dense(s: &SparseTensor, ckpt: &Checkpoint, bytes: &dyn StorageBytes) -
         .last()
         .ok_or_else(|| Error::invalid("sparse tensor without values", &s.layout))?;
     let es = values.dtype.element_size();
-    let numel: u64 = s.shape.iter().map(|&d| d.max(0) as u64).product();
+    let too_large = |what: &str| Error::Unsupported {
+        what: format!(
+            "{what} of sparse tensor of shape {:?} is too large",
+            s.shape
+        ),
+        location: s.layout.clone(),
+        hint: "read its component tensors instead".into(),
+    };
+    // Every part must have data, of a readable size.
+    for p in &s.parts {
+        if p.storage.is_none() {
+            return Err(Error::invalid(
+                "sparse tensor part without storage (meta?)",
+                s.layout.clone(),
+            ));
+        }
+        if p.numel().saturating_mul(p.dtype.element_size() as u64) > MAX_DENSE {
+            return Err(too_large("a component tensor"));
+        }
+    }
+    let numel = s
+        .shape
+        .iter()
+        .try_fold(1u64, |acc, &d| acc.checked_mul(d.max(0) as u64));
     let total = numel
-        .checked_mul(es as u64)
+        .and_then(|n| n.checked_mul(es as u64))
         .filter(|&t| t <= MAX_DENSE)
-        .ok_or_else(|| Error::Unsupported {
-            what: format!(
-                "dense equivalent of sparse tensor of shape {:?} is too large",
-                s.shape
-            ),
-            location: s.layout.clone(),
-            hint: "read its component tensors instead".into(),
-        })?;
+        .ok_or_else(|| too_large("the dense equivalent"))?;
     let mut dense = vec![0u8; total as usize];
     let vb = bytes.storage_bytes(values.storage.unwrap_or(0))?;
+    let bad = || Error::invalid("sparse index out of range", s.layout.clone());
     // Each value's bytes, row-major over the values tensor.
     let mut vals: Vec<&[u8]> = Vec::new();
-    let mut offs = Vec::new();
-    crate::describe::for_each_element(values, |o| offs.push(o));
-    for o in offs {
-        vals.push(vb.get(o..o + es).unwrap_or(&[]));
+    let mut missing = false;
+    crate::describe::for_each_element(values, |o| match vb.get(o..o.saturating_add(es)) {
+        Some(b) => vals.push(b),
+        None => missing = true,
+    });
+    if missing {
+        return Err(bad());
     }
-    let bad = || Error::invalid("sparse index out of range", s.layout.clone());
+    // Row-major strides of the dense shape (the product was checked above, so none overflows).
     let strides: Vec<u64> = {
         let mut st = vec![1u64; s.shape.len()];
         for d in (0..s.shape.len().saturating_sub(1)).rev() {
-            st[d] = st[d + 1] * s.shape[d + 1].max(0) as u64;
+            st[d] = st[d + 1].saturating_mul(s.shape[d + 1].max(0) as u64);
         }
         st
     };
     let mut put = |flat_elem: u64, block: usize, acc: bool| -> Result<()> {
         let v = vals.get(block).ok_or_else(bad)?;
-        let o = (flat_elem * es as u64) as usize;
-        let dst = dense.get_mut(o..o + es).ok_or_else(bad)?;
+        let o = usize::try_from(flat_elem.saturating_mul(es as u64)).unwrap_or(usize::MAX);
+        let dst = dense.get_mut(o..o.saturating_add(es)).ok_or_else(bad)?;
         if acc && values.dtype.kind() == crate::dtype::Kind::Float && es == 4 {
             let a = f32::from_le_bytes([dst[0], dst[1], dst[2], dst[3]]);
             let b = f32::from_le_bytes([v[0], v[1], v[2], v[3]]);

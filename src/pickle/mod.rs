@@ -139,6 +139,11 @@ pub struct Limits {
     /// Most container items in all (every element a list, tuple, dict, set or object holds):
     /// bounds the memory of files that append one memoized value millions of times.
     pub max_items: usize,
+    /// Most bytes of big integers (beyond i64) in all: converting them to decimal is
+    /// quadratic in their size.
+    pub max_bigint_total: usize,
+    /// Longest module or name of a global (STACK_GLOBAL can reuse one memoized string).
+    pub max_global_name: usize,
 }
 
 impl Default for Limits {
@@ -150,6 +155,8 @@ impl Default for Limits {
             max_marks: 1_000_000,
             max_int_bytes: 8192,
             max_items: 10_000_000,
+            max_bigint_total: 1 << 20,
+            max_global_name: 1024,
         }
     }
 }
@@ -279,6 +286,7 @@ struct Machine<'a> {
     memo: HashMap<u64, NodeId>,
     protocol: u8,
     items: usize,
+    bigint_bytes: usize,
 }
 
 type R<T> = Result<T, PickleError>;
@@ -296,6 +304,7 @@ impl<'a> Machine<'a> {
             memo: HashMap::new(),
             protocol: 0,
             items: 0,
+            bigint_bytes: 0,
         }
     }
 
@@ -472,7 +481,22 @@ impl<'a> Machine<'a> {
                 limit: self.limits.max_int_bytes,
             }));
         }
+        if bytes.len() > 8 {
+            self.count_bigint(bytes.len())?;
+        }
         Ok(int_from_le(bytes))
+    }
+
+    /// Counts big-integer bytes against [`Limits::max_bigint_total`].
+    fn count_bigint(&mut self, n: usize) -> R<()> {
+        self.bigint_bytes = self.bigint_bytes.saturating_add(n);
+        if self.bigint_bytes > self.limits.max_bigint_total {
+            return Err(self.err(PickleErrorKind::Limit {
+                what: "total size of big integers",
+                limit: self.limits.max_bigint_total,
+            }));
+        }
+        Ok(())
     }
 
     fn str_node(&self, b: &[u8], what: &str) -> R<Node> {
@@ -486,6 +510,12 @@ impl<'a> Machine<'a> {
     }
 
     fn global(&mut self, module: &str, name: &str) -> R<NodeId> {
+        if module.len() > self.limits.max_global_name || name.len() > self.limits.max_global_name {
+            return Err(self.err(PickleErrorKind::Limit {
+                what: "length of a global's module or name",
+                limit: self.limits.max_global_name,
+            }));
+        }
         self.add(Node::Global(Box::new(Global {
             module: module.into(),
             name: name.into(),
@@ -958,7 +988,7 @@ impl<'a> Machine<'a> {
         Ok(xs.chunks_exact(2).map(|p| (p[0], p[1])).collect())
     }
 
-    fn decimal_int(&self, l: &str, what: &str) -> R<Node> {
+    fn decimal_int(&mut self, l: &str, what: &str) -> R<Node> {
         if let Ok(v) = l.trim().parse::<i64>() {
             return Ok(Node::Int(v));
         }
@@ -969,6 +999,7 @@ impl<'a> Machine<'a> {
                 limit: self.limits.max_int_bytes,
             }));
         }
+        self.count_bigint(digits.len())?;
         let b = decimal_to_bigint(digits)
             .ok_or_else(|| self.err(PickleErrorKind::BadText(format!("{what} {l:?}"))))?;
         Ok(int_from_le(&b))
