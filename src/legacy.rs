@@ -14,6 +14,7 @@
 //! every length and count read from the file is checked against the bytes that remain, and
 //! storage bytes stay in the map: only their ranges are recorded.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -118,19 +119,50 @@ fn read_i64(bytes: &[u8], pos: usize, what: &str) -> Result<i64> {
     read_u64(bytes, pos, what).map(|v| v as i64)
 }
 
-/// A storage key as torch's loaders compare it: the text of a str, or an int's decimal form.
-fn key_of(o: &Object) -> Option<String> {
+/// Longest storage key or location tag accepted (torch writes short ones: `"0"`,
+/// `"94388423548768"`, `"cuda:0"`); a longer one is refused before it is copied, so each
+/// persistent id costs O(1) however long the strings the file shares between them.
+const MAX_TAG: usize = crate::interpret::MAX_LOCATION;
+
+/// The length in bytes of a str, bytes or big int (0 for other objects).
+fn raw_len(o: &Object) -> usize {
     match o {
-        Object::Str(s) => Some(s.to_string()),
-        Object::Int(i) => Some(i.to_string()),
-        Object::BigInt(s) => Some(s.to_string()),
-        Object::Bytes(b) => Some(String::from_utf8_lossy(b).into_owned()),
+        Object::Str(s) | Object::BigInt(s) => s.len(),
+        Object::Bytes(b) => b.len(),
+        _ => 0,
+    }
+}
+
+/// Refuses a key or location longer than [`MAX_TAG`] bytes.
+fn check_tag(o: &Object, what: &str, at: &str) -> Result<()> {
+    let n = raw_len(o);
+    if n > MAX_TAG {
+        return Err(Error::invalid(
+            format!("{what} is {n} bytes long (more than {MAX_TAG})"),
+            at,
+        ));
+    }
+    Ok(())
+}
+
+/// A storage key as torch's loaders compare it: the text of a str, or an int's decimal form
+/// (borrowed where the file holds it as text).
+fn key_of(o: &Object) -> Option<Cow<'_, str>> {
+    match o {
+        Object::Str(s) => Some(Cow::Borrowed(s)),
+        Object::Int(i) => Some(Cow::Owned(i.to_string())),
+        Object::BigInt(s) => Some(Cow::Borrowed(s)),
+        Object::Bytes(b) => Some(String::from_utf8_lossy(b)),
         _ => None,
     }
 }
 
-/// A key as the tar loader uses it (`int(saved_id)`): the decimal form of the integer.
+/// A key as the tar loader uses it (`int(saved_id)`): the decimal form of the integer
+/// (None for text longer than [`MAX_TAG`], which is no plausible int).
 fn int_key(o: &Object) -> Option<String> {
+    if raw_len(o) > MAX_TAG {
+        return None;
+    }
     match o {
         Object::Int(i) => Some(i.to_string()),
         Object::BigInt(s) => Some(s.to_string()),
@@ -143,10 +175,16 @@ fn int_key(o: &Object) -> Option<String> {
     }
 }
 
-fn text_of(o: &Object) -> Option<String> {
+/// Whether `o` is a str or bytes (what [`text_of`] reads), without copying it.
+fn text_of_kind(o: &Object) -> Option<()> {
+    matches!(o, Object::Str(_) | Object::Bytes(_)).then_some(())
+}
+
+/// The text of a str or bytes (borrowed for a str).
+fn text_of(o: &Object) -> Option<Cow<'_, str>> {
     match o {
-        Object::Str(s) => Some(s.to_string()),
-        Object::Bytes(b) => Some(String::from_utf8_lossy(b).into_owned()),
+        Object::Str(s) => Some(Cow::Borrowed(s)),
+        Object::Bytes(b) => Some(String::from_utf8_lossy(b)),
         _ => None,
     }
 }
@@ -266,7 +304,9 @@ impl PersistentLoad for StreamPersistentLoad {
                 ))
             }
         };
-        match items.first().and_then(text_of).as_deref() {
+        // The kind is a short word: a longer str is neither (and is not copied).
+        let kind = items.first().filter(|k| raw_len(k) <= 16).and_then(text_of);
+        match kind.as_deref() {
             // ('module', ModuleClass, source_file, source): torch returns the class.
             Some("module") => {
                 return Ok(items.get(1).cloned().unwrap_or(Object::None));
@@ -289,25 +329,29 @@ impl PersistentLoad for StreamPersistentLoad {
             ));
         }
         let dtype = storage_class_dtype(&items[1], at)?;
+        check_tag(&items[2], "storage key", at)?;
         let root_key = key_of(&items[2]).ok_or_else(|| {
             Error::invalid(format!("storage key is a {}", type_name(&items[2])), at)
         })?;
-        let location = text_of(&items[3])
-            .ok_or_else(|| Error::invalid("storage location is not a str", at))?;
+        check_tag(&items[3], "storage location", at)?;
+        if text_of_kind(&items[3]).is_none() {
+            return Err(Error::invalid("storage location is not a str", at));
+        }
         let numel = items[4]
             .as_int()
             .ok_or_else(|| Error::invalid("storage size is not an int", at))?;
         let nbytes = storage_nbytes(numel, dtype, at)?;
         let elem_size = dtype.map(|d| d.element_size()).unwrap_or(1) as u64;
         self.untyped |= dtype.is_none();
-        let root = match self.roots.get(&root_key) {
+        let root = match self.roots.get(root_key.as_ref()) {
             // torch keeps the first storage of a key; later ids only refer to it.
             Some(r) => r.clone(),
             None => {
+                let location = text_of(&items[3]).unwrap_or_default().into_owned();
                 let index = table.intern(format!("legacy/{root_key}"), || Storage {
-                    key: root_key.clone(),
+                    key: root_key.to_string(),
                     dtype: dtype.unwrap_or(DType::UINT8),
-                    location: location.clone(),
+                    location,
                     nbytes,
                     data: None,
                     typed: dtype.is_some(),
@@ -317,18 +361,20 @@ impl PersistentLoad for StreamPersistentLoad {
                     elem_size,
                     nbytes,
                 };
-                self.roots.insert(root_key.clone(), r.clone());
+                self.roots.insert(root_key.to_string(), r.clone());
                 r
             }
         };
         match &items[5] {
             Object::None => Ok(Object::Storage(root.index)),
             Object::Tuple(v) | Object::List(v) if v.len() == 3 => {
+                check_tag(&v[0], "storage view key", at)?;
                 let view_key =
                     key_of(&v[0]).ok_or_else(|| Error::invalid("view key is not a str", at))?;
-                if let Some(view) = self.views.get(&view_key) {
+                if let Some(view) = self.views.get(view_key.as_ref()) {
                     return Ok(Object::Storage(view.index));
                 }
+                let view_key = view_key.into_owned();
                 let (offset, size) = match (v[1].as_int(), v[2].as_int()) {
                     (Some(o), Some(s)) if o >= 0 && s >= 0 => (o as u64, s as u64),
                     _ => {
@@ -351,20 +397,22 @@ impl PersistentLoad for StreamPersistentLoad {
                         ))
                     }
                 };
-                let root_storage = table.storages[root.index].clone();
+                let rs = &table.storages[root.index];
+                let (r_dtype, r_typed) = (rs.dtype, rs.typed);
+                let r_location = rs.location.clone();
                 let index = table.intern(format!("legacy-view/{view_key}"), || Storage {
                     key: view_key.clone(),
-                    dtype: root_storage.dtype,
-                    location: root_storage.location.clone(),
+                    dtype: r_dtype,
+                    location: r_location,
                     nbytes: size_bytes,
                     data: None,
-                    typed: root_storage.typed,
+                    typed: r_typed,
                 });
                 self.views.insert(
                     view_key,
                     ViewStorage {
                         index,
-                        root_key,
+                        root_key: root_key.into_owned(),
                         offset_bytes,
                     },
                 );
@@ -461,18 +509,8 @@ fn open_stream(source: Source, opts: &OpenOptions) -> Result<Checkpoint> {
     let keys_pos = pos;
     let (keys, used) = value_at(bytes, pos, "storage keys", opts)?;
     pos += used;
-    let keys: Vec<String> = match &keys {
-        Object::List(xs) | Object::Tuple(xs) => xs
-            .iter()
-            .map(|k| {
-                key_of(k).ok_or_else(|| {
-                    Error::invalid(
-                        format!("storage key list holds a {}", type_name(k)),
-                        format!("storage keys pickle at byte offset {keys_pos}"),
-                    )
-                })
-            })
-            .collect::<Result<_>>()?,
+    let keys: &[Object] = match &keys {
+        Object::List(xs) | Object::Tuple(xs) => xs,
         other => {
             return Err(Error::invalid(
                 format!(
@@ -485,7 +523,18 @@ fn open_stream(source: Source, opts: &OpenOptions) -> Result<Checkpoint> {
     };
     let big_endian_host = matches!(sys_info.get("little_endian"), Some(Object::Bool(false)));
     let mut filled = vec![false; table.storages.len()];
-    for key in &keys {
+    let keys_at = format!("storage keys pickle at byte offset {keys_pos}");
+    for k in keys {
+        // Each listed key is checked (and its storage filled) before the next is read, and a
+        // key listed twice is refused: the work is bounded by the storages, not the list.
+        check_tag(k, "storage key", &keys_at)?;
+        let key = key_of(k).ok_or_else(|| {
+            Error::invalid(
+                format!("storage key list holds a {}", type_name(k)),
+                keys_at.clone(),
+            )
+        })?;
+        let key = key.as_ref();
         let root = pl.roots.get(key).cloned().ok_or_else(|| {
             Error::invalid(
                 format!("storage key {key:?} is listed after the pickle but no tensor or storage in it uses that key"),
@@ -922,8 +971,10 @@ fn open_tar(source: Source, opts: &OpenOptions) -> Result<Checkpoint> {
         };
         let key = int_key(key)
             .ok_or_else(|| Error::invalid("storage key is not an int", here.clone()))?;
+        check_tag(location, "storage location", &here)?;
         let location = text_of(location)
-            .ok_or_else(|| Error::invalid("storage location is not a str", here.clone()))?;
+            .ok_or_else(|| Error::invalid("storage location is not a str", here.clone()))?
+            .into_owned();
         let dtype = storage_class_dtype(stype, &here)?;
         let es = dtype.map(|d| d.element_size()).unwrap_or(1) as u64;
         let count = read_u64(sb, pos, &format!("the element count of storage {key}"))?;
@@ -977,6 +1028,7 @@ fn open_tar(source: Source, opts: &OpenOptions) -> Result<Checkpoint> {
             ))
         }
     };
+    let mut view_index: HashMap<String, usize> = HashMap::new();
     for v in view_list {
         let here = at(pos);
         let [target, root, offset, numel] = v.as_seq().unwrap_or(&[]) else {
@@ -994,8 +1046,9 @@ fn open_tar(source: Source, opts: &OpenOptions) -> Result<Checkpoint> {
                 here.clone(),
             )
         })?;
-        let rs = table.storages[ri].clone();
-        let es = rs.dtype.element_size() as u64;
+        let rs = &table.storages[ri];
+        let (r_dtype, r_typed, r_nbytes, r_data) = (rs.dtype, rs.typed, rs.nbytes, rs.data);
+        let es = r_dtype.element_size() as u64;
         let (Some(offset), Some(numel)) = (offset.as_int(), numel.as_int()) else {
             return Err(Error::invalid(
                 "storage view offset or size is not an int",
@@ -1010,25 +1063,34 @@ fn open_tar(source: Source, opts: &OpenOptions) -> Result<Checkpoint> {
                 ))
             })
             .flatten()
-            .filter(|(o, s)| o.checked_add(*s).is_some_and(|e| e <= rs.nbytes));
+            .filter(|(o, s)| o.checked_add(*s).is_some_and(|e| e <= r_nbytes));
         let Some((ob, sbytes)) = range else {
             return Err(Error::invalid(
                 format!(
-                    "storage view {target} lies outside root storage {root} of {} bytes",
-                    rs.nbytes
+                    "storage view {target} lies outside root storage {root} of {r_nbytes} bytes"
                 ),
                 here,
             ));
         };
-        let (roff, _) = rs.data.unwrap_or((0, 0));
-        let idx = table.intern(format!("tar-view/{target}"), || Storage {
-            key: target.clone(),
-            dtype: rs.dtype,
-            location: rs.location.clone(),
-            nbytes: sbytes,
-            data: Some((roff + ob, sbytes)),
-            typed: rs.typed,
-        });
+        let (roff, _) = r_data.unwrap_or((0, 0));
+        // A view key met before keeps its first storage (the location is copied only for a
+        // new one).
+        let idx = match view_index.get(&target) {
+            Some(&i) => i,
+            None => {
+                let location = table.storages[ri].location.clone();
+                let i = table.intern(format!("tar-view/{target}"), || Storage {
+                    key: target.clone(),
+                    dtype: r_dtype,
+                    location,
+                    nbytes: sbytes,
+                    data: Some((roff + ob, sbytes)),
+                    typed: r_typed,
+                });
+                view_index.insert(target.clone(), i);
+                i
+            }
+        };
         storages.insert(target, idx);
     }
 

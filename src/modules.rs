@@ -1,10 +1,34 @@
 //! Whole pickled modules (`torch.save(model)`): the state dict `model.state_dict()` would
 //! give, found by walking the opaque module objects without executing anything.
+//!
+//! The walk is bounded however the file shares its objects: at most [`MAX_MODULES`] modules,
+//! [`MAX_ENTRIES`] dict entries looked at and [`MAX_ITEMS`] items, key paths of at most about
+//! [`crate::model::MAX_PATH`] bytes made of segments of at most
+//! [`crate::model::MAX_KEY_TEXT`] characters each.
 
-use crate::model::Object;
+use std::collections::HashSet;
+
+use crate::model::{key_text, Object, MAX_PATH};
 
 /// Most modules walked (nesting and count), so a hostile tree costs little.
 const MAX_MODULES: usize = 100_000;
+/// Most entries of `_parameters`, `_buffers` and `_modules` dicts looked at in all (a module
+/// object shared many times is walked each time, as torch does).
+const MAX_ENTRIES: usize = 10_000_000;
+/// Most items of the state dict.
+const MAX_ITEMS: usize = 1_000_000;
+
+/// `prefix` followed by `seg`, unless that would make the path longer than [`MAX_PATH`]:
+/// then the path ends in `...` and stops growing (`cut` says it already did).
+pub(crate) fn join_path(prefix: &str, cut: bool, seg: &str) -> (String, bool) {
+    if cut {
+        (prefix.to_string(), true)
+    } else if prefix.len() + seg.len() > MAX_PATH {
+        (format!("{prefix}..."), true)
+    } else {
+        (format!("{prefix}{seg}"), false)
+    }
+}
 
 /// For an opaque `nn.Module` (an object whose state has `_parameters`, `_buffers` and
 /// `_modules`): its state dict by dotted name, parameters and persistent buffers of each
@@ -15,56 +39,89 @@ pub fn module_state_dict(o: &Object) -> Option<ModuleStateDict> {
     op.attr("_modules")?;
     let mut out = Vec::new();
     let mut versions = Vec::new();
-    // Explicit stack of (prefix, module), children pushed in reverse to keep order.
-    let mut stack: Vec<(String, Object)> = vec![(String::new(), o.clone())];
+    let mut entries = 0usize;
+    let mut truncated = false;
+    // Explicit stack of (prefix, prefix cut, module), children pushed in reverse to keep order.
+    let mut stack: Vec<(String, bool, Object)> = vec![(String::new(), false, o.clone())];
     let mut seen = 0usize;
-    while let Some((prefix, m)) = stack.pop() {
+    'walk: while let Some((prefix, cut, m)) = stack.pop() {
         seen += 1;
         if seen > MAX_MODULES {
+            truncated = true;
             break;
         }
         let Object::Opaque(op) = &m else { continue };
+        // Finding its attributes reads the module's state dict.
+        entries = entries.saturating_add(state_len(&m));
+        if entries > MAX_ENTRIES {
+            truncated = true;
+            break;
+        }
         versions.push((
             prefix.strip_suffix('.').unwrap_or(&prefix).to_string(),
             class_version(&op.class),
         ));
         if let Some(params) = op.attr("_parameters") {
             for (k, v) in dict_items(params) {
+                entries += 1;
+                if entries > MAX_ENTRIES || out.len() >= MAX_ITEMS {
+                    truncated = true;
+                    break 'walk;
+                }
                 if !matches!(v, Object::None) {
-                    out.push((format!("{prefix}{k}"), detached(v)));
+                    out.push((join_path(&prefix, cut, &key_text(k)).0, detached(v)));
                 }
             }
         }
-        let non_persistent: Vec<String> = op
-            .attr("_non_persistent_buffers_set")
-            .map(|s| match s {
-                Object::Set(xs) | Object::List(xs) | Object::Tuple(xs) | Object::FrozenSet(xs) => {
-                    xs.iter()
-                        .filter_map(|x| x.as_str().map(str::to_string))
-                        .collect()
-                }
-                _ => Vec::new(),
-            })
-            .unwrap_or_default();
+        // Compared with the buffer names as written (not cut for display).
+        let non_persistent: HashSet<&str> = match op.attr("_non_persistent_buffers_set") {
+            Some(
+                Object::Set(xs) | Object::List(xs) | Object::Tuple(xs) | Object::FrozenSet(xs),
+            ) => {
+                entries = entries.saturating_add(xs.len());
+                xs.iter().filter_map(|x| x.as_str()).collect()
+            }
+            _ => HashSet::new(),
+        };
         if let Some(bufs) = op.attr("_buffers") {
             for (k, v) in dict_items(bufs) {
-                if !matches!(v, Object::None) && !non_persistent.contains(&k) {
-                    out.push((format!("{prefix}{k}"), detached(v)));
+                entries += 1;
+                if entries > MAX_ENTRIES || out.len() >= MAX_ITEMS {
+                    truncated = true;
+                    break 'walk;
+                }
+                if matches!(v, Object::None) {
+                    continue;
+                }
+                let persistent = match k.as_str() {
+                    Some(s) => !non_persistent.contains(s),
+                    None => !non_persistent.contains(key_text(k).as_str()),
+                };
+                if persistent {
+                    out.push((join_path(&prefix, cut, &key_text(k)).0, detached(v)));
                 }
             }
         }
         if let Some(mods) = op.attr("_modules") {
-            let children: Vec<(String, Object)> = dict_items(mods)
-                .into_iter()
-                .filter(|(_, v)| !matches!(v, Object::None))
-                .map(|(k, v)| (format!("{prefix}{k}."), v.clone()))
-                .collect();
+            let mut children: Vec<(String, bool, Object)> = Vec::new();
+            for (k, v) in dict_items(mods) {
+                entries += 1;
+                if entries > MAX_ENTRIES || stack.len() + children.len() >= MAX_MODULES {
+                    truncated = true;
+                    break;
+                }
+                if !matches!(v, Object::None) {
+                    let (p, c) = join_path(&prefix, cut, &format!("{}.", key_text(k)));
+                    children.push((p, c, v.clone()));
+                }
+            }
             stack.extend(children.into_iter().rev());
         }
     }
     Some(ModuleStateDict {
         items: out,
         versions,
+        truncated,
     })
 }
 
@@ -75,6 +132,8 @@ pub struct ModuleStateDict {
     pub items: Vec<(String, Object)>,
     /// Each module's dotted prefix (`""` for the root) and its class `_version`.
     pub versions: Vec<(String, i64)>,
+    /// Whether the walk stopped at one of its bounds (a hostile or enormous module tree).
+    pub truncated: bool,
 }
 
 /// `_version` is a class attribute, so it is not in the pickle: torch's own modules that
@@ -91,16 +150,23 @@ fn class_version(class: &str) -> i64 {
     }
 }
 
-fn dict_items(o: &Object) -> Vec<(String, &Object)> {
-    let items: &[(Object, Object)] = match o {
+/// The number of entries of an opaque object's state dict.
+fn state_len(o: &Object) -> usize {
+    let Object::Opaque(op) = o else { return 0 };
+    match &op.state {
+        Some(Object::Tuple(t)) if t.len() == 2 => dict_items(&t[0]).len(),
+        Some(s) => dict_items(s).len(),
+        None => 0,
+    }
+}
+
+/// The entries of a dict (none for anything else).
+fn dict_items(o: &Object) -> &[(Object, Object)] {
+    match o {
         Object::Dict(d) => d,
         Object::OrderedDict(d) => &d.items,
-        _ => return Vec::new(),
-    };
-    items
-        .iter()
-        .map(|(k, v)| (crate::model::key_text(k), v))
-        .collect()
+        _ => &[],
+    }
 }
 
 /// `state_dict()` holds detached tensors: plain tensors without grad.
@@ -113,5 +179,21 @@ pub(crate) fn detached(v: &Object) -> Object {
             Object::Tensor(std::sync::Arc::new(t))
         }
         o => o.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_stop_growing() {
+        let (p, cut) = join_path("", false, "a.");
+        assert_eq!((p.as_str(), cut), ("a.", false));
+        let long = "x".repeat(MAX_PATH);
+        let (p, cut) = join_path("a.", false, &long);
+        assert_eq!((p.as_str(), cut), ("a....", true));
+        let (p2, cut2) = join_path(&p, cut, "weight");
+        assert_eq!((p2.as_str(), cut2), ("a....", true));
     }
 }

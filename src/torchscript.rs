@@ -13,7 +13,7 @@
 //! files, and warn where code uses an operator whose meaning changed after the archive was
 //! written (integer `torch.div` before version 4, `torch.full` without a dtype before 5).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use crate::archive::Archive;
@@ -22,8 +22,8 @@ use crate::checkpoint::{
 };
 use crate::error::{Error, Result};
 use crate::interpret::{interpret, StorageTable, ZipPersistentLoad};
-use crate::model::{Object, OrderedDict, ScriptModule};
-use crate::modules::detached;
+use crate::model::{key_text, Object, OrderedDict, ScriptModule};
+use crate::modules::{detached, join_path};
 
 /// Largest code file read (bytes, after inflating).
 const MAX_CODE_FILE: u64 = 64 << 20;
@@ -33,8 +33,17 @@ const MAX_CODE_TOTAL: u64 = 256 << 20;
 const MAX_CODE_FILES: usize = 100_000;
 /// Most modules walked for the state dict.
 const MAX_MODULES: usize = 100_000;
+/// Most module attributes looked at for the state dict, in all (a module object shared many
+/// times is walked each time, as torch does).
+const MAX_ENTRIES: usize = 10_000_000;
+/// Most items of the state dict.
+const MAX_ITEMS: usize = 1_000_000;
 /// Most warnings listed (the rest are counted).
-const MAX_WARNINGS: usize = 200;
+const MAX_WARNINGS: usize = 100;
+/// Most code and extra files listed in the notes (the rest are counted).
+const MAX_LISTED_FILES: usize = 1000;
+/// Longest file-derived name (record, method, class) kept for a message, in characters.
+const MAX_NAME: usize = 200;
 /// Most operator calls whose arguments are examined for version warnings.
 const MAX_CHECKED_CALLS: usize = 10_000;
 /// The newest file-format version torch knows (`kMaxSupportedFileFormatVersion`).
@@ -101,15 +110,27 @@ pub fn open(archive: Archive, opts: &OpenOptions) -> Result<Checkpoint> {
         "code files ({}; listed, never executed):",
         code.files.len()
     ));
-    for f in &code.files {
-        notes.push(format!("  {} ({} bytes)", f.name, f.size));
+    for f in code.files.iter().take(MAX_LISTED_FILES) {
+        notes.push(format!("  {} ({} bytes)", short(&f.name), f.size));
     }
-    let extra: Vec<String> = archive
+    if code.files.len() > MAX_LISTED_FILES {
+        notes.push(format!(
+            "  ... and {} more code files",
+            code.files.len() - MAX_LISTED_FILES
+        ));
+    }
+    let extra_records = archive
         .records()
         .iter()
-        .filter(|r| r.name.starts_with("extra/"))
-        .map(|r| format!("{} ({} bytes)", r.name, r.size))
+        .filter(|r| r.name.starts_with("extra/"));
+    let n_extra = extra_records.clone().count();
+    let mut extra: Vec<String> = extra_records
+        .take(MAX_LISTED_FILES)
+        .map(|r| format!("{} ({} bytes)", short(&r.name), r.size))
         .collect();
+    if n_extra > MAX_LISTED_FILES {
+        extra.push(format!("... and {} more", n_extra - MAX_LISTED_FILES));
+    }
     if !extra.is_empty() {
         notes.push(format!("extra files: {}", extra.join(", ")));
     }
@@ -150,6 +171,14 @@ pub fn open(archive: Archive, opts: &OpenOptions) -> Result<Checkpoint> {
     Ok(ckpt)
 }
 
+/// `s` cut to [`MAX_NAME`] characters (`...` marks the cut), for messages.
+fn short(s: &str) -> std::borrow::Cow<'_, str> {
+    match s.char_indices().nth(MAX_NAME) {
+        None => s.into(),
+        Some((end, _)) => format!("{}...", &s[..end]).into(),
+    }
+}
+
 /// What each file-format version introduced (caffe2/serialize/versions.h).
 fn version_meaning(v: u64) -> &'static str {
     match v {
@@ -177,9 +206,9 @@ struct ClassInfo {
     /// `class X(Module):`.
     is_module: bool,
     /// `__parameters__`, when the body has it.
-    parameters: Option<Vec<String>>,
+    parameters: Option<HashSet<String>>,
     /// `__buffers__`, when the body has it.
-    buffers: Option<Vec<String>>,
+    buffers: Option<HashSet<String>>,
 }
 
 /// One code file.
@@ -247,15 +276,16 @@ impl CodeIndex {
             let Some(text) = &f.text else { continue };
             let (uses, skipped) = operator_uses(text, &mut budget);
             unchecked += skipped;
+            let name = short(&f.name);
             for u in uses {
                 let w = match u.op {
-                    "torch.div" | "torch.div_" if v < 4 && !has_kwarg(&u.args, "rounding_mode") => format!(
-                        "warning: {}:{}: `{}` calls {}: the archive has version {v} (< 4), so if both operands are integer tensors this division truncates (torch.jit.load applies the div upgrader); current torch.div divides exactly",
-                        f.name, u.line, u.method, u.call
+                    "torch.div" | "torch.div_" if v < 4 && !u.rounding_mode => format!(
+                        "warning: {name}:{}: `{}` calls {}: the archive has version {v} (< 4), so if both operands are integer tensors this division truncates (torch.jit.load applies the div upgrader); current torch.div divides exactly",
+                        u.line, u.method, u.call
                     ),
-                    "torch.full" if v < 5 && !has_kwarg(&u.args, "dtype") => format!(
-                        "warning: {}:{}: `{}` calls {} without a dtype: the archive has version {v} (< 5), so an integer fill value gives a float tensor (torch.jit.load applies the full upgrader); current torch.full infers an integer dtype",
-                        f.name, u.line, u.method, u.call
+                    "torch.full" if v < 5 && !u.dtype => format!(
+                        "warning: {name}:{}: `{}` calls {} without a dtype: the archive has version {v} (< 5), so an integer fill value gives a float tensor (torch.jit.load applies the full upgrader); current torch.full infers an integer dtype",
+                        u.line, u.method, u.call
                     ),
                     _ => continue,
                 };
@@ -343,11 +373,11 @@ fn parse_classes(text: &str) -> Vec<(String, ClassInfo)> {
         let t = line.trim_start();
         if let Some(v) = t.strip_prefix("__parameters__") {
             if let Some(list) = v.trim_start().strip_prefix('=') {
-                out[ci].1.parameters = Some(parse_str_list(list));
+                out[ci].1.parameters = Some(parse_str_list(list).into_iter().collect());
             }
         } else if let Some(v) = t.strip_prefix("__buffers__") {
             if let Some(list) = v.trim_start().strip_prefix('=') {
-                out[ci].1.buffers = Some(parse_str_list(list));
+                out[ci].1.buffers = Some(parse_str_list(list).into_iter().collect());
             }
         }
     }
@@ -360,12 +390,14 @@ struct OperatorUse {
     op: &'static str,
     /// 1-based line.
     line: usize,
-    /// The `def` it is in (`<module level>` when none).
-    method: String,
+    /// The `def` it is in (`<module level>` when none), cut to [`MAX_NAME`] characters.
+    method: Arc<str>,
     /// The call as written (shortened).
     call: String,
-    /// The text between its parentheses.
-    args: String,
+    /// Whether the arguments include `rounding_mode=` (not None).
+    rounding_mode: bool,
+    /// Whether the arguments include `dtype=` (not None).
+    dtype: bool,
 }
 
 const WATCHED: &[&str] = &["torch.div_", "torch.div", "torch.full"];
@@ -375,7 +407,7 @@ const WATCHED: &[&str] = &["torch.div_", "torch.div", "torch.full"];
 fn operator_uses(text: &str, budget: &mut usize) -> (Vec<OperatorUse>, usize) {
     let mut out = Vec::new();
     let mut skipped = 0usize;
-    let mut method = String::from("<module level>");
+    let mut method: Arc<str> = Arc::from("<module level>");
     let mut line_starts = Vec::new();
     let mut off = 0usize;
     for line in text.split_inclusive('\n') {
@@ -385,7 +417,7 @@ fn operator_uses(text: &str, budget: &mut usize) -> (Vec<OperatorUse>, usize) {
     for (i, line) in text.lines().enumerate() {
         let t = line.trim_start();
         if let Some(rest) = t.strip_prefix("def ") {
-            method = rest.split('(').next().unwrap_or(rest).trim().to_string();
+            method = Arc::from(short(rest.split('(').next().unwrap_or(rest).trim()).as_ref());
         }
         let mut from = 0usize;
         while let Some(found) = line[from..].find("torch.") {
@@ -426,7 +458,8 @@ fn operator_uses(text: &str, budget: &mut usize) -> (Vec<OperatorUse>, usize) {
                 line: i + 1,
                 method: method.clone(),
                 call,
-                args,
+                rounding_mode: has_kwarg(&args, "rounding_mode"),
+                dtype: has_kwarg(&args, "dtype"),
             });
         }
     }
@@ -521,23 +554,32 @@ fn attributes(o: &Object) -> Option<&[(Object, Object)]> {
     }
 }
 
-fn is_module(o: &Object, code: &CodeIndex) -> bool {
+/// Whether `o` is a module object (a class body says so, or, without one, it has a
+/// `training` attribute); memoized by object, since the file can refer to one object from
+/// any number of attributes.
+fn is_module(o: &Object, code: &CodeIndex, memo: &mut HashMap<usize, bool>) -> bool {
     let Object::Opaque(op) = o else { return false };
-    if !op.class.starts_with("__torch__.") {
-        return false;
+    let ptr = Arc::as_ptr(op) as usize;
+    if let Some(&m) = memo.get(&ptr) {
+        return m;
     }
-    match code.classes.get(&op.class) {
-        Some(c) => c.is_module,
-        // No class body: modules are the objects with a `training` attribute.
-        None => {
-            attributes(o).is_some_and(|a| a.iter().any(|(k, _)| k.as_str() == Some("training")))
-        }
-    }
+    let m = op.class.starts_with("__torch__.")
+        && match code.classes.get(&op.class) {
+            Some(c) => c.is_module,
+            // No class body: modules are the objects with a `training` attribute.
+            None => {
+                attributes(o).is_some_and(|a| a.iter().any(|(k, _)| k.as_str() == Some("training")))
+            }
+        };
+    memo.insert(ptr, m);
+    m
 }
 
 /// The state dict of the module tree (parameters, then buffers, of each module, then its
 /// submodules', by dotted name) and its `_metadata` (`{prefix: {'version': 1}}` per module:
-/// a loaded script module has nn.Module's `_version`).
+/// a loaded script module has nn.Module's `_version`). Bounded: at most [`MAX_MODULES`]
+/// modules, [`MAX_ENTRIES`] attributes looked at and [`MAX_ITEMS`] items, key-path
+/// segments cut as [`key_text`] cuts them and paths as [`join_path`] does.
 fn state_dict(
     root: &Object,
     code: &CodeIndex,
@@ -545,15 +587,19 @@ fn state_dict(
 ) -> (Vec<(String, Object)>, Object) {
     let mut items = Vec::new();
     let mut metadata = Vec::new();
-    let mut stack: Vec<(String, Object)> = vec![(String::new(), root.clone())];
+    let mut stack: Vec<(String, bool, Object)> = vec![(String::new(), false, root.clone())];
     let mut seen = 0usize;
+    let mut entries = 0usize;
+    let mut memo: HashMap<usize, bool> = HashMap::new();
+    let mut class_of: HashMap<usize, Option<&ClassInfo>> = HashMap::new();
     let mut missing_classes: Vec<String> = Vec::new();
-    while let Some((prefix, m)) = stack.pop() {
+    let mut missing_seen: HashSet<String> = HashSet::new();
+    let mut custom_state = 0usize;
+    let mut stopped = None;
+    while let Some((prefix, cut, m)) = stack.pop() {
         seen += 1;
         if seen > MAX_MODULES {
-            notes.push(format!(
-                "warning: more than {MAX_MODULES} modules; the state dict stops there"
-            ));
+            stopped = Some(format!("more than {MAX_MODULES} modules"));
             break;
         }
         let Object::Opaque(op) = &m else { continue };
@@ -565,26 +611,40 @@ fn state_dict(
             )])),
         ));
         let Some(attrs) = attributes(&m) else {
-            notes.push(format!(
-                "warning: module {:?} ({}) has a custom __getstate__; its tensors are not in the state dict",
-                prefix.trim_end_matches('.'),
-                op.class
-            ));
+            custom_state += 1;
+            if custom_state <= MAX_WARNINGS {
+                notes.push(format!(
+                    "warning: module {:?} ({}) has a custom __getstate__; its tensors are not in the state dict",
+                    prefix.trim_end_matches('.'),
+                    short(&op.class)
+                ));
+            }
             continue;
         };
-        let info = code.classes.get(&op.class);
-        if info.is_none() && !missing_classes.contains(&op.class) {
-            missing_classes.push(op.class.clone());
+        entries = entries.saturating_add(attrs.len());
+        if entries > MAX_ENTRIES {
+            stopped = Some(format!("more than {MAX_ENTRIES} module attributes"));
+            break;
         }
+        // The class is looked up once per object (a shared module is walked many times).
+        let info = *class_of.entry(Arc::as_ptr(op) as usize).or_insert_with(|| {
+            let info = code.classes.get(&op.class);
+            if info.is_none()
+                && missing_classes.len() < MAX_WARNINGS
+                && missing_seen.insert(op.class.clone())
+            {
+                missing_classes.push(short(&op.class).into_owned());
+            }
+            info
+        });
         let params = info.and_then(|c| c.parameters.as_ref());
         let buffers = info.and_then(|c| c.buffers.as_ref());
-        let named =
-            |list: Option<&Vec<String>>, k: &str| list.is_some_and(|l| l.iter().any(|n| n == k));
+        let named = |list: Option<&HashSet<String>>, k: &str| list.is_some_and(|l| l.contains(k));
         let mut push = |select: &dyn Fn(&str, &Object) -> bool| {
-            for (k, v) in attrs {
-                let Some(k) = k.as_str() else { continue };
-                if !matches!(v, Object::None) && select(k, v) {
-                    items.push((format!("{prefix}{k}"), detached(v)));
+            for (ko, v) in attrs {
+                let Some(k) = ko.as_str() else { continue };
+                if !matches!(v, Object::None) && select(k, v) && items.len() < MAX_ITEMS {
+                    items.push((join_path(&prefix, cut, &key_text(ko)).0, detached(v)));
                 }
             }
         };
@@ -596,17 +656,38 @@ fn state_dict(
             // cannot be told apart, nor from plain tensor attributes).
             push(&|_, v| matches!(v, Object::Tensor(_)));
         }
-        let children: Vec<(String, Object)> = attrs
-            .iter()
-            .filter(|(_, v)| is_module(v, code))
-            .filter_map(|(k, v)| Some((format!("{prefix}{}.", k.as_str()?), v.clone())))
-            .collect();
+        if items.len() >= MAX_ITEMS {
+            stopped = Some(format!("{MAX_ITEMS} items"));
+            break;
+        }
+        let mut children: Vec<(String, bool, Object)> = Vec::new();
+        for (k, v) in attrs {
+            if k.as_str().is_none() || !is_module(v, code, &mut memo) {
+                continue;
+            }
+            if stack.len() + children.len() >= MAX_MODULES {
+                stopped = Some(format!("more than {MAX_MODULES} modules"));
+                break;
+            }
+            let (p, c) = join_path(&prefix, cut, &format!("{}.", key_text(k)));
+            children.push((p, c, v.clone()));
+        }
         stack.extend(children.into_iter().rev());
+    }
+    if custom_state > MAX_WARNINGS {
+        notes.push(format!(
+            "warning: {} more modules with a custom __getstate__ not listed",
+            custom_state - MAX_WARNINGS
+        ));
+    }
+    if let Some(why) = stopped {
+        notes.push(format!("warning: {why}; the state dict stops there"));
     }
     if !missing_classes.is_empty() {
         notes.push(format!(
-            "warning: no class body in code/ for {}; their tensor attributes were all taken as state",
-            missing_classes.join(", ")
+            "warning: no class body in code/ for {}{}; their tensor attributes were all taken as state",
+            missing_classes.join(", "),
+            if missing_classes.len() >= MAX_WARNINGS { ", ..." } else { "" }
         ));
     }
     let metadata = Object::OrderedDict(Arc::new(OrderedDict {

@@ -6,12 +6,10 @@
 use std::io::Write;
 
 use crate::error::Result;
-use crate::model::Object;
 use crate::pickle::PickleWriter;
 
-use super::compact;
-use super::pickler::{self, PidStyle};
-use super::{io_err, SaveOptions, StorageSource, Written};
+use super::pickler;
+use super::{io_err, StorageSource, Written};
 
 /// `0x1950a86a20f9469cfc6c`, little-endian.
 const MAGIC: [u8; 10] = [0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19];
@@ -23,16 +21,14 @@ fn small_pickle(f: impl FnOnce(&mut PickleWriter)) -> Vec<u8> {
     w.finish()
 }
 
-/// Writes `root` in the legacy format.
+/// Writes the pickled object `p` (pickled with [`pickler::PidStyle::Legacy`]) in the legacy
+/// format.
 pub(crate) fn write(
-    root: &Object,
+    p: &pickler::Pickled,
     src: &dyn StorageSource,
-    opts: &SaveOptions,
     out: &mut dyn Write,
     what: &str,
 ) -> Result<Written> {
-    let windows = compact::windows(root, src.storages(), opts.compact)?;
-    let p = pickler::pickle(root, src, opts, PidStyle::Legacy, &windows)?;
     let mut keys: Vec<usize> = (0..p.storages.len()).collect();
     keys.sort_by(|&a, &b| p.storages[a].key.cmp(&p.storages[b].key));
 

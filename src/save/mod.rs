@@ -242,7 +242,28 @@ pub fn archive_name_for(path: &Path) -> String {
     }
 }
 
+/// Refuses a tree that shares structure so much that writing it out would multiply it
+/// ([`crate::model::is_amplified`]: a pickle memo bomb). torch's pickler memoizes containers
+/// by identity and would write such a tree once; this writer writes containers out in full
+/// (strings and globals alone are memoized), so it stops before doing any work.
+fn refuse_amplified(root: &Object, what: &str) -> Result<()> {
+    match crate::model::is_amplified(root) {
+        Some((u, e)) => Err(Error::Unsupported {
+            what: format!(
+                "the object tree shares structure: its {u} objects expand to {} nodes when written out (a memo bomb)",
+                if e == u64::MAX { "more than 10^19".to_string() } else { e.to_string() }
+            ),
+            location: what.into(),
+            hint: "save the tensors (a state dict) instead of the shared structure".into(),
+        }),
+        None => Ok(()),
+    }
+}
+
 /// Saves `root`, whose tensors view the storages of `src`, to `path` (atomically).
+///
+/// The object pickle is built in memory before the temporary file is created, so the
+/// expensive part of a save that fails leaves no file behind at all.
 pub fn save(
     root: &Object,
     src: &dyn StorageSource,
@@ -252,6 +273,7 @@ pub fn save(
     let path = path.as_ref();
     let format = opts.format.unwrap_or_else(|| SaveFormat::for_path(path));
     let what = path.display().to_string();
+    refuse_amplified(root, &what)?;
     let written = match format {
         SaveFormat::Safetensors => safetensors::save(root, src, path, opts)?,
         SaveFormat::Zip | SaveFormat::Legacy => {
@@ -259,9 +281,16 @@ pub fn save(
                 .archive_name
                 .clone()
                 .unwrap_or_else(|| archive_name_for(path));
+            check_prefix(format, &prefix)?;
+            let style = match format {
+                SaveFormat::Zip => pickler::PidStyle::Zip,
+                _ => pickler::PidStyle::Legacy,
+            };
+            let windows = compact::windows(root, src.storages(), opts.compact)?;
+            let p = pickler::pickle(root, src, opts, style, &windows)?;
             atomic::write(path, opts.sync, |w| match format {
-                SaveFormat::Zip => write_zip(root, src, opts, &prefix, w, &what),
-                _ => legacy::write(root, src, opts, w, &what),
+                SaveFormat::Zip => write_zip(&p, src, &prefix, w, &what),
+                _ => legacy::write(&p, src, w, &what),
             })?
         }
     };
@@ -292,20 +321,28 @@ pub fn write_to(
     opts: &SaveOptions,
 ) -> Result<u64> {
     let what = "<stream>";
-    let w = match opts.format.unwrap_or(SaveFormat::Zip) {
-        SaveFormat::Zip => {
-            let prefix = opts
-                .archive_name
+    let format = opts.format.unwrap_or(SaveFormat::Zip);
+    let (style, prefix) = match format {
+        SaveFormat::Zip => (
+            pickler::PidStyle::Zip,
+            opts.archive_name
                 .clone()
-                .unwrap_or_else(|| "archive".into());
-            write_zip(root, src, opts, &prefix, out, what)?
-        }
-        SaveFormat::Legacy => legacy::write(root, src, opts, out, what)?,
+                .unwrap_or_else(|| "archive".into()),
+        ),
+        SaveFormat::Legacy => (pickler::PidStyle::Legacy, String::new()),
         SaveFormat::Safetensors => {
             return Err(Error::Usage(
                 "safetensors export needs a path (save to a file ending in .safetensors)".into(),
             ))
         }
+    };
+    check_prefix(format, &prefix)?;
+    refuse_amplified(root, what)?;
+    let windows = compact::windows(root, src.storages(), opts.compact)?;
+    let p = pickler::pickle(root, src, opts, style, &windows)?;
+    let w = match format {
+        SaveFormat::Zip => write_zip(&p, src, &prefix, out, what)?,
+        _ => legacy::write(&p, src, out, what)?,
     };
     Ok(w.bytes)
 }
@@ -332,21 +369,26 @@ impl Write for Counting<'_> {
     }
 }
 
-fn write_zip(
-    root: &Object,
-    src: &dyn StorageSource,
-    opts: &SaveOptions,
-    prefix: &str,
-    out: &mut dyn Write,
-    what: &str,
-) -> Result<Written> {
-    if prefix.is_empty() || prefix.contains('/') || prefix.contains('\\') {
+/// Refuses a zip folder name torch could not use (the legacy format has none).
+fn check_prefix(format: SaveFormat, prefix: &str) -> Result<()> {
+    if format == SaveFormat::Zip
+        && (prefix.is_empty() || prefix.contains('/') || prefix.contains('\\'))
+    {
         return Err(Error::Usage(format!(
             "archive name {prefix:?} must be a non-empty name without slashes"
         )));
     }
-    let windows = compact::windows(root, src.storages(), opts.compact)?;
-    let p = pickler::pickle(root, src, opts, pickler::PidStyle::Zip, &windows)?;
+    Ok(())
+}
+
+/// Writes the zip format around the pickled object `p`.
+fn write_zip(
+    p: &pickler::Pickled,
+    src: &dyn StorageSource,
+    prefix: &str,
+    out: &mut dyn Write,
+    what: &str,
+) -> Result<Written> {
     let mut counting = Counting { inner: out, n: 0 };
     let mut z = zip::ZipWriter::new(&mut counting, prefix, 64);
     let e = |e| io_err(what, e);

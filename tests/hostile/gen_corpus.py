@@ -1056,6 +1056,111 @@ def gen_dos():
         pickles=[p], is_zip=True)
 
 
+# ---- walks over module trees and code files (per-attribute / per-call work must be bounded) ----
+
+def ts_zip(data_pkl, code=None, version=b"3\n", storages=None):
+    """A TorchScript-like archive: data.pkl (deflated), constants.pkl, version, storages
+    data/<key> and code files (deflated)."""
+    recs = [Rec("archive/data.pkl", data_pkl, method=8),
+            Rec("archive/constants.pkl", b"\x80\x02)."),
+            Rec("archive/version", version)]
+    for k, v in (storages or {}).items():
+        recs.append(Rec("archive/data/" + k, v))
+    for name, text in (code or {}).items():
+        recs.append(Rec("archive/" + name, text, method=8))
+    return write_zip(recs)
+
+
+def newobj(cls, state):
+    """cls.__new__(cls) then BUILD state (how module objects are pickled)."""
+    m, n = cls.rsplit(".", 1)
+    return b"c" + m.encode() + b"\n" + n.encode() + b"\n)\x81" + state + b"b"
+
+
+def gen_dos_walks():
+    C = "dos"
+    big = 8 << 20
+
+    # A 30 MB method name and 10 000 calls of torch.div in it: each warning used to copy the
+    # name (300 GB); names in messages are cut and the warnings are counted past a limit.
+    n = "dos_ts_method_name_div_calls"
+    code = b"def " + b"a" * (30 << 20) + b"(x):\n" + b"  y = torch.div(x, 2)\n" * 10000
+    p = b"\x80\x02" + newobj("__torch__.M", b"}" + enc("training") + b"\x88s") + b"."
+    add(n, C, ts_zip(p, {"code/__torch__.py": code}), "ok", is_zip=True, pickles=[p],
+        note="TorchScript code file (deflated) with a 30 MB def name and 10000 torch.div calls "
+             "(version 3: one warning each)")
+
+    # One child object (300k attributes, 'training' last) referred to by 300k attributes of
+    # the root: telling modules apart must not rescan the child for every reference.
+    n = "dos_ts_shared_child_many_attrs"
+    k = 300_000
+    child = newobj("__torch__.C", b"}(" + enc("x") + b"q\x02N" + b"h\x02N" * (k - 1)
+                   + enc("training") + b"\x88u")
+    p = (b"\x80\x02" + child + b"q\x01" + b"0"
+         + newobj("__torch__.M", b"}(" + enc("k") + b"q\x04h\x01" + b"h\x04h\x01" * (k - 1)
+                  + enc("training") + b"\x88u") + b".")
+    add(n, C, ts_zip(p), "ok", is_zip=True, pickles=[p],
+        note="TorchScript data.pkl (deflated): 300k attributes all referring to one module "
+             "object with 300k attributes")
+
+    # Nested script modules whose attribute names are one shared 8 MB string: key paths
+    # must not grow by 8 MB per level.
+    n = "dos_ts_nested_big_keys"
+    levels = 60
+    body = b"\x80\x02" + enc("k" * big) + b"q\x00" + b"0" + bytes(tensor()) + b"q\x01" + b"0"
+    inner = newobj("__torch__.M", b"}(" + enc("training") + b"\x88" + b"h\x00h\x01u")
+    for _ in range(levels):
+        inner = newobj("__torch__.M", b"}(" + enc("training") + b"\x88" + b"h\x00h\x01"
+                       + b"h\x00" + inner + b"u")
+    p = body + inner + b"."
+    add(n, C, ts_zip(p, storages=std_storages()), "ok_or_error", is_zip=True, pickles=[p],
+        note=f"{levels} nested TorchScript modules, each attribute named by one 8 MB string")
+
+    # A whole-module pickle: 200k buffers and a 200k-entry _non_persistent_buffers_set whose
+    # only match is last (a list lookup per buffer is quadratic).
+    n = "dos_module_nonpersistent_many"
+    k = 200_000
+    bufs = b"}(" + enc("zz") + b"q\x05K\x01" + b"h\x05K\x01" * (k - 1) + b"u"
+    npers = b"](" + enc("a") + b"q\x06" + b"h\x06" * (k - 2) + b"h\x05e"
+    state = (b"}(" + enc("_parameters") + b"}" + enc("_modules") + b"}" + enc("_buffers") + bufs
+             + enc("_non_persistent_buffers_set") + npers + b"u")
+    p = b"\x80\x02" + newobj("mymod.Net", state) + b"."
+    add(n, C, write_zip(torch_records(p, {}, pkl_method=8)), "ok", is_zip=True, pickles=[p],
+        note="torch.save(model) with 200k buffers, all non-persistent (the match last in a "
+             "200k-entry set)")
+
+    # Nested nn.Module objects whose parameter and submodule names are one shared 8 MB string.
+    n = "dos_module_nested_big_keys"
+    levels = 60
+    body = b"\x80\x02" + enc("k" * big) + b"q\x00" + b"0" + bytes(tensor()) + b"q\x01" + b"0"
+
+    def mod(children):
+        return newobj("mymod.Block", b"}(" + enc("_parameters") + b"}h\x00h\x01s"
+                      + enc("_buffers") + b"}" + enc("_modules") + b"}" + children + b"u")
+
+    inner = mod(b"")
+    for _ in range(levels):
+        inner = mod(b"h\x00" + inner + b"s")
+    p = body + inner + b"."
+    add(n, C, write_zip(torch_records(p, std_storages(), pkl_method=8)), "ok_or_error",
+        is_zip=True, pickles=[p],
+        note=f"torch.save(model): {levels} nested modules, every name one 8 MB string")
+
+    # Legacy stream: one storage persistent id referred to 5000 times (each must cost O(1)),
+    # and a location longer than any torch writes.
+    n = "lg_pid_shared_5000"
+    pt = enc(("storage", G("torch", "FloatStorage"), LKEY, "cpu", 2, None))
+    p = b"\x80\x02](" + pt + b"q\x00Q" + b"h\x00Q" * 4999 + b"e."
+    add(n, "legacy", legacy(p, [(LKEY, 2, F2)]), "ok", pickles=[p],
+        note="legacy stream: a list of 5000 references to one storage persistent id")
+
+    n = "lg_pid_location_long"
+    pt = enc(("storage", G("torch", "FloatStorage"), LKEY, "c" * 60000, 2, None))
+    p = b"\x80\x02](" + pt + b"q\x00Q" + b"h\x00Q" * 999 + b"e."
+    add(n, "legacy", legacy(p, [(LKEY, 2, F2)]), "error", ["location"], pickles=[p],
+        note="legacy stream: a storage location of 60000 bytes, referred to 1000 times")
+
+
 # ---- lying tensors -------------------------------------------------------------------------
 
 def gen_lying():
@@ -1709,6 +1814,7 @@ def generate():
     FILES.clear()
     gen_code_exec()
     gen_dos()
+    gen_dos_walks()
     gen_lying()
     gen_zip_damage()
     gen_legacy()
