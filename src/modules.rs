@@ -6,7 +6,7 @@
 //! [`crate::model::MAX_PATH`] bytes made of segments of at most
 //! [`crate::model::MAX_KEY_TEXT`] characters each.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use crate::model::{key_text, Object, MAX_PATH};
 
@@ -16,7 +16,7 @@ const MAX_MODULES: usize = 100_000;
 /// object shared many times is walked each time, as torch does).
 const MAX_ENTRIES: usize = 10_000_000;
 /// Most items of the state dict.
-const MAX_ITEMS: usize = 1_000_000;
+const MAX_ITEMS: usize = 500_000;
 
 /// `prefix` followed by `seg`, unless that would make the path longer than [`MAX_PATH`]:
 /// then the path ends in `...` and stops growing (`cut` says it already did).
@@ -41,6 +41,7 @@ pub fn module_state_dict(o: &Object) -> Option<ModuleStateDict> {
     let mut versions = Vec::new();
     let mut entries = 0usize;
     let mut truncated = false;
+    let mut det = Detacher::default();
     // Explicit stack of (prefix, prefix cut, module), children pushed in reverse to keep order.
     let mut stack: Vec<(String, bool, Object)> = vec![(String::new(), false, o.clone())];
     let mut seen = 0usize;
@@ -69,7 +70,7 @@ pub fn module_state_dict(o: &Object) -> Option<ModuleStateDict> {
                     break 'walk;
                 }
                 if !matches!(v, Object::None) {
-                    out.push((join_path(&prefix, cut, &key_text(k)).0, detached(v)));
+                    out.push((join_path(&prefix, cut, &key_text(k)).0, det.get(v)));
                 }
             }
         }
@@ -98,7 +99,7 @@ pub fn module_state_dict(o: &Object) -> Option<ModuleStateDict> {
                     None => !non_persistent.contains(key_text(k).as_str()),
                 };
                 if persistent {
-                    out.push((join_path(&prefix, cut, &key_text(k)).0, detached(v)));
+                    out.push((join_path(&prefix, cut, &key_text(k)).0, det.get(v)));
                 }
             }
         }
@@ -172,13 +173,31 @@ fn dict_items(o: &Object) -> &[(Object, Object)] {
 /// `state_dict()` holds detached tensors: plain tensors without grad.
 pub(crate) fn detached(v: &Object) -> Object {
     match v {
-        Object::Tensor(t) => {
+        Object::Tensor(t) if t.is_parameter || t.requires_grad => {
             let mut t = (**t).clone();
             t.is_parameter = false;
             t.requires_grad = false;
             Object::Tensor(std::sync::Arc::new(t))
         }
         o => o.clone(),
+    }
+}
+
+/// [`detached`], once per tensor object: a tensor the file shares between many modules (or
+/// one module shared many times) is copied once.
+#[derive(Default)]
+pub(crate) struct Detacher(HashMap<usize, Object>);
+
+impl Detacher {
+    pub(crate) fn get(&mut self, v: &Object) -> Object {
+        match v {
+            Object::Tensor(t) => self
+                .0
+                .entry(std::sync::Arc::as_ptr(t) as usize)
+                .or_insert_with(|| detached(v))
+                .clone(),
+            o => o.clone(),
+        }
     }
 }
 

@@ -23,7 +23,7 @@ use crate::checkpoint::{
 use crate::error::{Error, Result};
 use crate::interpret::{interpret, StorageTable, ZipPersistentLoad};
 use crate::model::{key_text, Object, OrderedDict, ScriptModule};
-use crate::modules::{detached, join_path};
+use crate::modules::{join_path, Detacher};
 
 /// Largest code file read (bytes, after inflating).
 const MAX_CODE_FILE: u64 = 64 << 20;
@@ -37,7 +37,7 @@ const MAX_MODULES: usize = 100_000;
 /// times is walked each time, as torch does).
 const MAX_ENTRIES: usize = 10_000_000;
 /// Most items of the state dict.
-const MAX_ITEMS: usize = 1_000_000;
+const MAX_ITEMS: usize = 500_000;
 /// Most warnings listed (the rest are counted).
 const MAX_WARNINGS: usize = 100;
 /// Most code and extra files listed in the notes (the rest are counted).
@@ -591,6 +591,7 @@ fn state_dict(
     let mut seen = 0usize;
     let mut entries = 0usize;
     let mut memo: HashMap<usize, bool> = HashMap::new();
+    let mut det = Detacher::default();
     let mut class_of: HashMap<usize, Option<&ClassInfo>> = HashMap::new();
     let mut missing_classes: Vec<String> = Vec::new();
     let mut missing_seen: HashSet<String> = HashSet::new();
@@ -644,7 +645,7 @@ fn state_dict(
             for (ko, v) in attrs {
                 let Some(k) = ko.as_str() else { continue };
                 if !matches!(v, Object::None) && select(k, v) && items.len() < MAX_ITEMS {
-                    items.push((join_path(&prefix, cut, &key_text(ko)).0, detached(v)));
+                    items.push((join_path(&prefix, cut, &key_text(ko)).0, det.get(v)));
                 }
             }
         };
