@@ -54,6 +54,8 @@ pub struct DescribeOptions {
     pub max_nodes: usize,
     /// Tensors with at most this many elements get `values`.
     pub max_values: u64,
+    /// Most entries the human listing prints (the totals still cover everything).
+    pub max_listed: usize,
 }
 
 impl Default for DescribeOptions {
@@ -61,6 +63,7 @@ impl Default for DescribeOptions {
         DescribeOptions {
             max_nodes: 250_000,
             max_values: 64,
+            max_listed: 2_000,
         }
     }
 }
@@ -753,17 +756,20 @@ pub fn human_with(ckpt: &Checkpoint, opts: &DescribeOptions) -> String {
     for n in &ckpt.notes {
         let _ = writeln!(s, "{n}");
     }
-    let leaves = match crate::model::is_amplified(&ckpt.root) {
+    let (leaves, cut) = match crate::model::is_amplified(&ckpt.root) {
         Some((u, e)) => {
             let _ = writeln!(
                 s,
                 "note: the object tree shares structure ({u} objects expand to {e} nodes): it is not listed by path"
             );
-            Vec::new()
+            (Vec::new(), false)
         }
-        None => ckpt.root.leaves(opts.max_nodes.saturating_add(1)),
+        None => {
+            let (l, cut) = ckpt.root.leaves_bounded(opts.max_listed.saturating_mul(4));
+            (l, cut)
+        }
     };
-    let cut = leaves.len() > opts.max_nodes;
+    let cut = cut || leaves.len() > opts.max_listed;
     let width = leaves
         .iter()
         .map(|(k, _)| k.len())
@@ -771,7 +777,7 @@ pub fn human_with(ckpt: &Checkpoint, opts: &DescribeOptions) -> String {
         .unwrap_or(0)
         .clamp(6, 60);
     let mut n_tensors = 0usize;
-    for (k, o) in leaves.iter().take(opts.max_nodes) {
+    for (k, o) in leaves.iter().take(opts.max_listed) {
         let key = if k.is_empty() { "<root>" } else { k };
         let Object::Tensor(t) = o else {
             let _ = writeln!(s, "  {key:width$}  {}", short_value(o));
@@ -797,7 +803,7 @@ pub fn human_with(ckpt: &Checkpoint, opts: &DescribeOptions) -> String {
         let _ = writeln!(
             s,
             "  ... (listing stopped after {} entries; `--max-nodes N` lists more)",
-            opts.max_nodes
+            opts.max_listed
         );
     }
     let mut by_loc: Vec<(String, u64, usize)> = Vec::new();
@@ -812,8 +818,9 @@ pub fn human_with(ckpt: &Checkpoint, opts: &DescribeOptions) -> String {
     }
     let _ = writeln!(
         s,
-        "{} tensors, {} storages, {} of storage data",
+        "{}{} tensors, {} storages, {} of storage data",
         n_tensors,
+        if cut { "+" } else { "" },
         ckpt.storages.len(),
         human_bytes(ckpt.total_storage_bytes())
     );

@@ -23,10 +23,10 @@ enum Cmd {
         /// Print the JSON description (the fixtures' schema) instead of the summary.
         #[arg(long)]
         json: bool,
-        /// Most nodes the description (or listing) may have: a file whose tree is larger is
-        /// refused with --json and cut short in the listing (output stays bounded).
-        #[arg(long, default_value_t = 250_000, value_name = "N")]
-        max_nodes: usize,
+        /// Most nodes the description may have (default 250000; a larger tree is refused with
+        /// --json), and most entries the listing prints (default 2000; then it is cut short).
+        #[arg(long, value_name = "N")]
+        max_nodes: Option<usize>,
         /// The checkpoint file.
         file: PathBuf,
     },
@@ -110,10 +110,11 @@ fn run(cli: Cli) -> ptfile::Result<()> {
             file,
         } => {
             let ckpt = ptfile::Checkpoint::open(&file)?;
-            let opts = ptfile::describe::DescribeOptions {
-                max_nodes,
-                ..Default::default()
-            };
+            let mut opts = ptfile::describe::DescribeOptions::default();
+            if let Some(n) = max_nodes {
+                opts.max_nodes = n;
+                opts.max_listed = n;
+            }
             let out = if json {
                 let v = ptfile::describe::describe_with(&ckpt, &ckpt.root, &ckpt, &opts)?;
                 serde_json::to_string(&v).map_err(|e| ptfile::Error::Usage(e.to_string()))?

@@ -274,12 +274,19 @@ impl Object {
     /// Every leaf of the tree (anything but a container or module) with its key path, in
     /// order; bounded by `max_items` visited nodes.
     pub fn leaves(&self, max_items: usize) -> Vec<(String, Object)> {
+        self.leaves_bounded(max_items).0
+    }
+
+    /// [`Object::leaves`], and whether the walk stopped before the end of the tree.
+    pub fn leaves_bounded(&self, max_items: usize) -> (Vec<(String, Object)>, bool) {
+        let mut truncated = false;
         let mut out = Vec::new();
         let mut stack: Vec<(String, Object)> = vec![(String::new(), self.clone())];
         let mut visited = 0usize;
         while let Some((path, o)) = stack.pop() {
             visited += 1;
             if visited > max_items {
+                truncated = true;
                 break;
             }
             let join = |k: &str| {
@@ -331,9 +338,21 @@ impl Object {
                 }
                 _ => out.push((path.clone(), o.clone())),
             }
+            if children.len() == room && room < usize::MAX {
+                // (a container with more children than there was room for is cut)
+                truncated |= matches!(
+                    &o,
+                    Object::Dict(_)
+                        | Object::OrderedDict(_)
+                        | Object::Tuple(_)
+                        | Object::List(_)
+                        | Object::ScriptModule(_)
+                        | Object::Opaque(_)
+                );
+            }
             stack.extend(children.into_iter().rev());
         }
-        out
+        (out, truncated)
     }
 }
 
@@ -346,12 +365,25 @@ pub const MAX_KEY_TEXT: usize = 64;
 /// How a dict key prints in a key path: at most [`MAX_KEY_TEXT`] characters (longer keys end
 /// in `...`), however large or deeply nested (tuple keys) the key is.
 pub fn key_text(k: &Object) -> String {
-    fn put(k: &Object, out: &mut String) {
-        if out.len() > MAX_KEY_TEXT {
+    key_text_max(k, MAX_KEY_TEXT)
+}
+
+/// Longest name segment [`name_text`] keeps (state-dict names of modules).
+pub const MAX_NAME_TEXT: usize = 256;
+
+/// A key as a state-dict name segment: like [`key_text`], but names up to [`MAX_NAME_TEXT`]
+/// characters are kept whole (torch's own attribute names are far shorter).
+pub fn name_text(k: &Object) -> String {
+    key_text_max(k, MAX_NAME_TEXT)
+}
+
+fn key_text_max(k: &Object, max: usize) -> String {
+    fn put(k: &Object, out: &mut String, max: usize) {
+        if out.len() > max {
             return;
         }
         match k {
-            Object::Str(s) => out.extend(s.chars().take(MAX_KEY_TEXT + 1)),
+            Object::Str(s) => out.extend(s.chars().take(max + 1)),
             Object::Int(i) => out.push_str(&i.to_string()),
             Object::Bool(b) => out.push_str(if *b { "True" } else { "False" }),
             Object::None => out.push_str("None"),
@@ -359,13 +391,13 @@ pub fn key_text(k: &Object) -> String {
             Object::Tuple(t) => {
                 out.push('(');
                 for (i, x) in t.iter().enumerate() {
-                    if out.len() > MAX_KEY_TEXT {
+                    if out.len() > max {
                         break;
                     }
                     if i > 0 {
                         out.push_str(", ");
                     }
-                    put(x, out);
+                    put(x, out, max);
                 }
                 out.push(')');
             }
@@ -373,9 +405,9 @@ pub fn key_text(k: &Object) -> String {
         }
     }
     let mut out = String::new();
-    put(k, &mut out);
-    if out.chars().count() > MAX_KEY_TEXT {
-        out = out.chars().take(MAX_KEY_TEXT - 3).collect();
+    put(k, &mut out, max);
+    if out.chars().count() > max {
+        out = out.chars().take(max - 3).collect();
         out.push_str("...");
     }
     out

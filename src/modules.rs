@@ -4,11 +4,11 @@
 //! The walk is bounded however the file shares its objects: at most [`MAX_MODULES`] modules,
 //! [`MAX_ENTRIES`] dict entries looked at and [`MAX_ITEMS`] items, key paths of at most about
 //! [`crate::model::MAX_PATH`] bytes made of segments of at most
-//! [`crate::model::MAX_KEY_TEXT`] characters each.
+//! [`crate::model::MAX_NAME_TEXT`] characters each.
 
 use std::collections::{HashMap, HashSet};
 
-use crate::model::{key_text, Object, MAX_PATH};
+use crate::model::{name_text, Object, MAX_PATH};
 
 /// Most modules walked (nesting and count), so a hostile tree costs little.
 const MAX_MODULES: usize = 100_000;
@@ -70,7 +70,7 @@ pub fn module_state_dict(o: &Object) -> Option<ModuleStateDict> {
                     break 'walk;
                 }
                 if !matches!(v, Object::None) {
-                    out.push((join_path(&prefix, cut, &key_text(k)).0, det.get(v)));
+                    out.push((join_path(&prefix, cut, &name_text(k)).0, det.get(v)));
                 }
             }
         }
@@ -96,10 +96,10 @@ pub fn module_state_dict(o: &Object) -> Option<ModuleStateDict> {
                 }
                 let persistent = match k.as_str() {
                     Some(s) => !non_persistent.contains(s),
-                    None => !non_persistent.contains(key_text(k).as_str()),
+                    None => !non_persistent.contains(name_text(k).as_str()),
                 };
                 if persistent {
-                    out.push((join_path(&prefix, cut, &key_text(k)).0, det.get(v)));
+                    out.push((join_path(&prefix, cut, &name_text(k)).0, det.get(v)));
                 }
             }
         }
@@ -112,7 +112,7 @@ pub fn module_state_dict(o: &Object) -> Option<ModuleStateDict> {
                     break;
                 }
                 if !matches!(v, Object::None) {
-                    let (p, c) = join_path(&prefix, cut, &format!("{}.", key_text(k)));
+                    let (p, c) = join_path(&prefix, cut, &format!("{}.", name_text(k)));
                     children.push((p, c, v.clone()));
                 }
             }

@@ -22,7 +22,7 @@ use crate::checkpoint::{
 };
 use crate::error::{Error, Result};
 use crate::interpret::{interpret, StorageTable, ZipPersistentLoad};
-use crate::model::{key_text, Object, OrderedDict, ScriptModule};
+use crate::model::{name_text, Object, OrderedDict, ScriptModule};
 use crate::modules::{join_path, Detacher};
 
 /// Largest code file read (bytes, after inflating).
@@ -579,7 +579,7 @@ fn is_module(o: &Object, code: &CodeIndex, memo: &mut HashMap<usize, bool>) -> b
 /// submodules', by dotted name) and its `_metadata` (`{prefix: {'version': 1}}` per module:
 /// a loaded script module has nn.Module's `_version`). Bounded: at most [`MAX_MODULES`]
 /// modules, [`MAX_ENTRIES`] attributes looked at and [`MAX_ITEMS`] items, key-path
-/// segments cut as [`key_text`] cuts them and paths as [`join_path`] does.
+/// segments cut as [`name_text`] cuts them and paths as [`join_path`] does.
 fn state_dict(
     root: &Object,
     code: &CodeIndex,
@@ -645,7 +645,7 @@ fn state_dict(
             for (ko, v) in attrs {
                 let Some(k) = ko.as_str() else { continue };
                 if !matches!(v, Object::None) && select(k, v) && items.len() < MAX_ITEMS {
-                    items.push((join_path(&prefix, cut, &key_text(ko)).0, det.get(v)));
+                    items.push((join_path(&prefix, cut, &name_text(ko)).0, det.get(v)));
                 }
             }
         };
@@ -670,7 +670,7 @@ fn state_dict(
                 stopped = Some(format!("more than {MAX_MODULES} modules"));
                 break;
             }
-            let (p, c) = join_path(&prefix, cut, &format!("{}.", key_text(k)));
+            let (p, c) = join_path(&prefix, cut, &format!("{}.", name_text(k)));
             children.push((p, c, v.clone()));
         }
         stack.extend(children.into_iter().rev());
