@@ -805,6 +805,89 @@ def deflated_pkl_zip(prefix, unit, count, suffix, storages=None):
     return write_zip(recs)
 
 
+def deflated_ckpt(pkl, storages=None):
+    """A torch zip whose data.pkl (any size) is deflated, so that big inputs stay small files."""
+    recs = torch_records(b"", storages or {})
+    recs[0] = Rec("archive/data.pkl", b"", method=8, payload=deflate(pkl), usize=len(pkl),
+                  crc=zlib.crc32(pkl))
+    return write_zip(recs)
+
+
+def gen_amplify():
+    """Small files that make a reader copy or compute far more than they hold: one big
+    memoized value used many times, and tensors whose views or parts multiply their data."""
+    C = "dos"
+    K = b"k" * (8 << 20)
+    # One 8 MB string as STACK_GLOBAL module and name, 200 times.
+    p = b"\x80\x04X" + u32(len(K)) + K + b"q\x00" + b"(" + b"h\x00h\x00\x93" * 200 + b"l."
+    add("amp_stack_global_8mb_x200", C, deflated_ckpt(p), "ok_or_error", is_zip=True,
+        note="a memoized 8 MB string used as a STACK_GLOBAL name 200 times", wellformed=False)
+    # One 8 MB string referenced 2000 times in a list (written out per reference).
+    p = b"\x80\x02X" + u32(len(K)) + K + b"q\x00" + b"0(" + b"h\x00" * 2000 + b"l."
+    add("amp_string_8mb_x2000", C, deflated_ckpt(p), "ok_or_error", is_zip=True,
+        note="a memoized 8 MB string referenced 2000 times")
+    # 200 nested dicts, all keyed by the same 8 MB string (key paths).
+    p = b"\x80\x02X" + u32(len(K)) + K + b"q\x000" + b"}h\x00" * 200 + b"N" + b"s" * 200 + b"."
+    add("amp_nested_bigkey_x200", C, deflated_ckpt(p), "ok_or_error", is_zip=True,
+        note="200 nested dicts keyed by one 8 MB string")
+    # A storage pid with an 8 MB location, 100 000 references.
+    loc = "c" * (8 << 20)
+    pidt = enc(("storage", G("torch", "FloatStorage"), "0", loc, 2))
+    p = b"\x80\x02" + pidt + b"q\x00" + b"0(" + b"h\x00Q" * 100000 + b"l."
+    add("amp_pid_location_8mb", C, deflated_ckpt(p, {"0": F2}), "ok_or_error", is_zip=True,
+        note="an 8 MB storage location referenced by 100k persistent ids")
+    # A 200k-item dict handed to OrderedDict() 2000 times.
+    p = (b"\x80\x02}q\x00(" + b"".join(b"J" + i32(i) + b"N" for i in range(20000)) + b"u0"
+         + b"ccollections\nOrderedDict\nq\x010(" + b"h\x01h\x00\x85R" * 2000 + b"l.")
+    add("amp_ordereddict_copies", C, deflated_ckpt(p), "ok_or_error", is_zip=True,
+        note="OrderedDict(d) of one 20k-item dict, 2000 times")
+    # 2000 big integers of 8 KiB, and 200 protocol-0 LONGs of 16000 digits.
+    big = pickle.encode_long((1 << (8 * 8190)) - 12345)
+    p = b"\x80\x02](" + (b"\x8b" + i32(len(big)) + big) * 2000 + b"e."
+    add("amp_bigints_2000", C, deflated_ckpt(p), "ok_or_error", is_zip=True,
+        note="2000 distinct 8 KiB integers (decimal conversion is quadratic)")
+    p = b"(" + (b"L" + b"9" * 16000 + b"L\n") * 200 + b"l."
+    add("amp_decimal_longs_200", C, deflated_ckpt(p), "ok_or_error", is_zip=True,
+        note="200 protocol-0 LONGs of 16000 digits")
+    # Tuple keys t(i+1) = (t(i), t(i)) 28 deep, then a bad tensor under that key (error path).
+    p = b"\x80\x02)"
+    for i in range(28):
+        p += b"q" + u8(i) + b"0h" + u8(i) + b"h" + u8(i) + b"\x86"
+    p += (b"q\x1e0}h\x1e" + bytes(G("torch._utils", "_rebuild_tensor_v2"))
+          + b"(K\x01K\x00K\x02\x85K\x01\x85\x89)tRs.")
+    add("amp_tuple_key_2p28", C, torch_zip(p, {}), "ok_or_error", is_zip=True,
+        note="a tuple key that expands to 2**28 leaves, over an invalid tensor")
+    # Stride-0 views that would multiply a one-float storage.
+    big0 = tensor(storage=pid(numel=1), size=(1 << 26,), stride=(0,))
+    add("amp_stride0_view_x20", C, ckpt([big0] * 20, {"0": F2[:4]}), "ok_or_error", is_zip=True,
+        note="one 2**26-element stride-0 view of a single float, listed 20 times")
+    add("amp_size1_huge_stride", C,
+        ckpt({"w": tensor(storage=pid(numel=4), offset=1, size=(1, 2), stride=(2 ** 63 - 1, 2))},
+             {"0": F2 + F2}), "ok_or_error", is_zip=True,
+        note="a size-1 dimension with stride i64::MAX (never used, must not overflow)")
+    add("amp_numel_overflow", C,
+        ckpt({"w": tensor(storage=pid(numel=1), size=(2 ** 62,), stride=(0,))}, {"0": F2[:4]}),
+        "ok_or_error", is_zip=True, note="2**62 elements of 4 bytes (byte count overflows)")
+    # Sparse tensors with hostile parts.
+    def coo(size, idx, vals):
+        return Raw(bytes(G("torch._utils", "_rebuild_sparse_tensor"))
+                   + enc((call(G("torch.serialization", "_get_layout"), "torch.sparse_coo"),
+                          (idx, vals, call(G("torch", "Size"), tuple(size)), False))) + b"R")
+    i64 = lambda n: tensor(storage=pid(key="1", stype="LongStorage", numel=n), size=(1, n), stride=(n, 1))
+    add("amp_sparse_values_stride0", C,
+        ckpt({"s": coo((1,), i64(1), tensor(storage=pid(numel=1), size=(1 << 34,), stride=(0,)))},
+             {"0": F2[:4], "1": b"\0" * 8}), "ok_or_error", is_zip=True,
+        note="sparse values: a 2**34-element stride-0 view")
+    add("amp_sparse_shape_overflow", C,
+        ckpt({"s": coo((2 ** 32, 2 ** 32, 2), i64(1), tensor(storage=pid(numel=1), size=(1,), stride=(1,)))},
+             {"0": F2[:4], "1": b"\0" * 8}), "ok_or_error", is_zip=True,
+        note="sparse shape whose element count overflows")
+    add("amp_sparse_dense_1g", C,
+        ckpt({"s": coo((1 << 28,), i64(0), tensor(storage=pid(numel=0), size=(0,), stride=(1,)))},
+             {"0": b"", "1": b""}), "ok_or_error", is_zip=True,
+        note="an empty sparse tensor with a 1 GiB dense equivalent")
+
+
 def gen_dos():
     C = "dos"
 
@@ -1815,6 +1898,7 @@ def generate():
     gen_code_exec()
     gen_dos()
     gen_dos_walks()
+    gen_amplify()
     gen_lying()
     gen_zip_damage()
     gen_legacy()
