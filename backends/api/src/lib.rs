@@ -222,6 +222,23 @@ pub trait BackendExt: Backend {
             }
         }
     }
+    /// `materialize` for backends whose batch path is the real one: one storage through
+    /// [`Backend::materialize_many`].
+    fn materialize_via_batch(
+        &self,
+        index: Option<usize>,
+        desc: &StorageDesc<'_>,
+        bytes: &[u8],
+    ) -> Result<Box<dyn DeviceStorage>, BackendError> {
+        self.materialize_many(index, &[(desc.clone(), bytes)])
+            .pop()
+            .unwrap_or_else(|| {
+                Err(BackendError::Driver {
+                    device: self.device_type().to_string(),
+                    message: "materialize_many returned no result".to_string(),
+                })
+            })
+    }
     /// Reads a storage back into a new vector.
     fn read_back(&self, storage: &dyn DeviceStorage) -> Result<Vec<u8>, BackendError> {
         let mut v = vec![0u8; storage.nbytes()];

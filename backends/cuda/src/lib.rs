@@ -688,14 +688,7 @@ impl Backend for CudaBackend {
         desc: &StorageDesc<'_>,
         bytes: &[u8],
     ) -> Result<Box<dyn DeviceStorage>, BackendError> {
-        self.materialize_many(index, &[(desc.clone(), bytes)])
-            .pop()
-            .unwrap_or_else(|| {
-                Err(BackendError::Driver {
-                    device: "cuda".to_string(),
-                    message: "materialize_many returned no result".to_string(),
-                })
-            })
+        self.materialize_via_batch(index, desc, bytes)
     }
 
     /// Uploads the whole batch through the pinned staging ring; each storage is sized by its

@@ -202,14 +202,7 @@ impl Backend for WgpuBackend {
         desc: &StorageDesc<'_>,
         bytes: &[u8],
     ) -> Result<Box<dyn DeviceStorage>, BackendError> {
-        self.materialize_many(index, &[(desc.clone(), bytes)])
-            .pop()
-            .unwrap_or_else(|| {
-                Err(BackendError::Driver {
-                    device: "wgpu".into(),
-                    message: "materialize produced no result".into(),
-                })
-            })
+        self.materialize_via_batch(index, desc, bytes)
     }
 
     fn materialize_many(
