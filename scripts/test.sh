@@ -67,7 +67,7 @@ if [ "${PTFILE_SKIP_FUZZ:-0}" != 1 ] && cargo fuzz --version >/dev/null 2>&1; th
     for t in pickle archive open_describe; do
         mkdir -p "$smoke/$t"
         if ! RUSTC_BOOTSTRAP=1 cargo fuzz run "$t" "$smoke/$t" tests/fixtures -- \
-            -max_total_time="${PTFILE_FUZZ_SECONDS:-20}" -rss_limit_mb=1024 -timeout=30 \
+            -max_total_time="${PTFILE_FUZZ_SECONDS:-20}" -rss_limit_mb=2560 -timeout=30 \
             -max_len=65536 -print_final_stats=1 >"$smoke/$t.log" 2>&1; then
             tail -40 "$smoke/$t.log"
             echo "error: fuzz target $t failed (its input is in fuzz/artifacts/$t)" >&2
