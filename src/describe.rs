@@ -94,6 +94,7 @@ pub fn describe_with(
         bytes,
         opts,
         nodes: 0,
+        depth: 0,
         used: vec![false; ckpt.storages.len()],
         text_bytes: 0,
         hashed: 0,
@@ -136,6 +137,7 @@ struct Describer<'a> {
     bytes: &'a dyn StorageBytes,
     opts: &'a DescribeOptions,
     nodes: usize,
+    depth: usize,
     used: Vec<bool>,
     /// Bytes of str/bytes values written so far, and the most allowed.
     text_bytes: u64,
@@ -238,6 +240,24 @@ impl Describer<'_> {
     }
 
     fn node(&mut self, o: &Object) -> Result<Value> {
+        self.depth += 1;
+        let r = if self.depth > crate::model::MAX_TREE_DEPTH {
+            Err(Error::Unsupported {
+                what: format!(
+                    "the object tree is nested deeper than {} levels",
+                    crate::model::MAX_TREE_DEPTH
+                ),
+                location: "data.pkl".into(),
+                hint: "read it through the library instead".into(),
+            })
+        } else {
+            self.node_inner(o)
+        };
+        self.depth -= 1;
+        r
+    }
+
+    fn node_inner(&mut self, o: &Object) -> Result<Value> {
         self.bump()?;
         Ok(match o {
             Object::None => json!({"type": "none"}),
@@ -442,7 +462,7 @@ impl Describer<'_> {
                     }
                 };
                 // torch dequantizes in float32.
-                let x = ((v - zp) as f32) * (scale as f32);
+                let x = (v.wrapping_sub(zp) as f32) * (scale as f32);
                 deq.push(float_json(x as f64));
             }
         }

@@ -226,6 +226,7 @@ pub fn interpret(
         table,
         shared: shared_nodes(pickle),
         cache: HashMap::new(),
+        max_seen: 0,
         in_progress: HashSet::new(),
         path: Vec::new(),
         max_depth: opts.max_depth,
@@ -284,7 +285,10 @@ struct Interp<'a> {
     pl: &'a mut dyn PersistentLoad,
     table: &'a mut StorageTable,
     shared: Vec<bool>,
-    cache: HashMap<NodeId, Object>,
+    /// Converted shared nodes, with the height of their subtree (in conversion depth).
+    cache: HashMap<NodeId, (Object, usize)>,
+    /// Deepest conversion depth reached so far (heights of cached subtrees count).
+    max_seen: usize,
     in_progress: HashSet<NodeId>,
     path: Vec<PathSeg>,
     max_depth: usize,
@@ -388,19 +392,35 @@ impl Interp<'_> {
             Node::Float(f) => return Ok(Object::Float(*f)),
             _ => {}
         }
+        self.max_seen = self.max_seen.max(depth);
         if !self.shared.get(id as usize).copied().unwrap_or(true) {
             return self.conv_uncached(node, depth);
         }
-        if let Some(o) = self.cache.get(&id) {
-            return Ok(o.clone());
+        if let Some((o, height)) = self.cache.get(&id) {
+            // A shared subtree reused deeper than it was built: the nesting it brings counts,
+            // so memoized subtrees cannot stack past the limit.
+            let reach = depth + height;
+            if reach > self.max_depth {
+                return Err(self.invalid(format!(
+                    "objects nested deeper than {} levels (through shared subtrees)",
+                    self.max_depth
+                )));
+            }
+            let o = o.clone();
+            self.max_seen = self.max_seen.max(reach);
+            return Ok(o);
         }
         if !self.in_progress.insert(id) {
             return Ok(Object::Cycle);
         }
+        let before = self.max_seen;
+        self.max_seen = depth;
         let r = self.conv_uncached(node, depth);
+        let height = self.max_seen - depth;
+        self.max_seen = before.max(self.max_seen);
         self.in_progress.remove(&id);
         let o = r?;
-        self.cache.insert(id, o.clone());
+        self.cache.insert(id, (o.clone(), height));
         Ok(o)
     }
 
@@ -462,6 +482,12 @@ impl Interp<'_> {
     }
 
     fn call(&mut self, call: &Call, depth: usize) -> Result<Object> {
+        if depth > self.max_depth {
+            return Err(self.invalid(format!(
+                "objects nested deeper than {} levels",
+                self.max_depth
+            )));
+        }
         let Some((module, name)) = self.global_name(call.callable) else {
             // A class given by a persistent id (the legacy format's ('module', cls, ...)).
             if let Node::PersId(_) = self.p.node(call.callable) {

@@ -413,6 +413,11 @@ fn key_text_max(k: &Object, max: usize) -> String {
     out
 }
 
+/// Deepest object tree that is written out (descriptions, saves). The interpreter limits
+/// nesting per pickle path, but shared (memoized) subtrees can stack; walkers refuse beyond
+/// this.
+pub const MAX_TREE_DEPTH: usize = 1024;
+
 /// Sizes of an object tree: (distinct objects, nodes once every shared subtree is written out
 /// in full). A pickle's memo can share one container many times over, so a small file can
 /// describe an exponentially large tree; callers that write the tree out compare the two.
@@ -467,7 +472,17 @@ pub fn expansion(root: &Object) -> (u64, u64) {
             _ => {}
         }
     }
-    fn walk(o: &Object, memo: &mut std::collections::HashMap<usize, u64>, unique: &mut u64) -> u64 {
+    fn walk(
+        o: &Object,
+        memo: &mut std::collections::HashMap<usize, u64>,
+        unique: &mut u64,
+        depth: usize,
+    ) -> u64 {
+        if depth > MAX_TREE_DEPTH {
+            // Shared subtrees can stack deeper than the interpreter's limit: too deep to
+            // write out, and reported as an infinite expansion.
+            return u64::MAX;
+        }
         let key = ptr(o);
         if let Some(k) = key {
             if let Some(&n) = memo.get(&k) {
@@ -476,7 +491,9 @@ pub fn expansion(root: &Object) -> (u64, u64) {
         }
         *unique += 1;
         let mut n: u64 = 1;
-        children(o, &mut |c| n = n.saturating_add(walk(c, memo, unique)));
+        children(o, &mut |c| {
+            n = n.saturating_add(walk(c, memo, unique, depth + 1))
+        });
         if let Some(k) = key {
             memo.insert(k, n);
         }
@@ -484,7 +501,7 @@ pub fn expansion(root: &Object) -> (u64, u64) {
     }
     let mut memo = std::collections::HashMap::new();
     let mut unique = 0;
-    let expanded = walk(root, &mut memo, &mut unique);
+    let expanded = walk(root, &mut memo, &mut unique, 0);
     (unique, expanded)
 }
 

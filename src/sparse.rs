@@ -8,6 +8,8 @@ use crate::model::SparseTensor;
 
 /// Largest dense equivalent built, in bytes (and largest values or index tensor read).
 const MAX_DENSE: u64 = 256 << 20;
+/// Most elements of one component tensor (each costs a slice or an i64 while converting).
+const MAX_PART_ELEMS: u64 = 8 << 20;
 
 /// The dense equivalent of `s` as little-endian bytes (row-major).
 pub fn to_dense(s: &SparseTensor, ckpt: &Checkpoint, bytes: &dyn StorageBytes) -> Result<Vec<u8>> {
@@ -33,7 +35,9 @@ pub fn to_dense(s: &SparseTensor, ckpt: &Checkpoint, bytes: &dyn StorageBytes) -
                 s.layout.clone(),
             ));
         }
-        if p.numel().saturating_mul(p.dtype.element_size() as u64) > MAX_DENSE {
+        if p.numel() > MAX_PART_ELEMS
+            || p.numel().saturating_mul(p.dtype.element_size() as u64) > MAX_DENSE
+        {
             return Err(too_large("a component tensor"));
         }
     }

@@ -408,13 +408,15 @@ fn operator_uses(text: &str, budget: &mut usize) -> (Vec<OperatorUse>, usize) {
     let mut out = Vec::new();
     let mut skipped = 0usize;
     let mut method: Arc<str> = Arc::from("<module level>");
-    let mut line_starts = Vec::new();
-    let mut off = 0usize;
-    for line in text.split_inclusive('\n') {
-        line_starts.push(off);
-        off += line.len();
+    if !text.contains("torch.") {
+        return (out, skipped);
     }
-    for (i, line) in text.lines().enumerate() {
+    let mut off = 0usize;
+    for (i, raw) in text.split_inclusive('\n').enumerate() {
+        let line_start = off;
+        off += raw.len();
+        let line = raw.strip_suffix('\n').unwrap_or(raw);
+        let line = line.strip_suffix('\r').unwrap_or(line);
         let t = line.trim_start();
         if let Some(rest) = t.strip_prefix("def ") {
             method = Arc::from(short(rest.split('(').next().unwrap_or(rest).trim()).as_ref());
@@ -442,7 +444,7 @@ fn operator_uses(text: &str, budget: &mut usize) -> (Vec<OperatorUse>, usize) {
                 continue;
             }
             *budget -= 1;
-            let open = line_starts[i] + at + op.len();
+            let open = line_start + at + op.len();
             let args = call_args(text, open);
             let mut call = format!("{op}({args})");
             if call.len() > 120 {

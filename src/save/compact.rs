@@ -15,7 +15,7 @@ pub(crate) struct Window {
 }
 
 /// Deepest nesting the writer follows (the reader accepts 512 levels by default).
-pub(crate) const MAX_DEPTH: usize = 10_000;
+pub(crate) const MAX_DEPTH: usize = crate::model::MAX_TREE_DEPTH;
 
 /// A view of a storage met in the object tree.
 pub(crate) enum View<'a> {

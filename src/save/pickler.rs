@@ -624,6 +624,10 @@ impl Pickler<'_> {
         if idx.shape.len() != 2 {
             return Ok(false);
         }
+        // (a huge or stride-0 index tensor is not worth checking: say "not coalesced")
+        if idx.numel() > 8 << 20 {
+            return Ok(false);
+        }
         let bytes = self.src.storage_bytes(i)?;
         let v = crate::describe::elements_i64(idx, &bytes);
         let (ndim, nnz) = (idx.shape[0] as usize, idx.shape[1] as usize);

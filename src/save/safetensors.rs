@@ -174,6 +174,36 @@ impl safetensors::View for &StView<'_> {
     }
 }
 
+/// Most bytes of `__metadata__` written for non-tensor values.
+const MAX_METADATA: u64 = 64 << 20;
+
+/// Whether `repr(o)` fits in `left` bytes (an estimate from above, computed without building
+/// it: a memoized string referenced many times must not be written out many times).
+fn repr_fits(o: &Object, left: &mut u64) -> bool {
+    let cost = match o {
+        Object::Str(s) => 2 * s.len() as u64 + 2,
+        Object::Bytes(b) | Object::ByteArray(b) => 4 * b.len() as u64 + 16,
+        _ => 32,
+    };
+    if cost > *left {
+        return false;
+    }
+    *left -= cost;
+    match o {
+        Object::Tuple(xs) | Object::List(xs) | Object::Set(xs) | Object::FrozenSet(xs) => {
+            xs.iter().all(|x| repr_fits(x, left))
+        }
+        Object::Dict(d) => d
+            .iter()
+            .all(|(k, v)| repr_fits(k, left) && repr_fits(v, left)),
+        Object::OrderedDict(d) => d
+            .items
+            .iter()
+            .all(|(k, v)| repr_fits(k, left) && repr_fits(v, left)),
+        _ => true,
+    }
+}
+
 /// Python-like repr of a non-tensor value, for `__metadata__`.
 fn repr(o: &Object, top: bool) -> String {
     let seq = |xs: &[Object]| {
@@ -348,7 +378,17 @@ pub(crate) fn save(
             });
         }
         NonTensors::Metadata => {
+            let mut left = MAX_METADATA;
             for (p, o) in &flat.others {
+                if !repr_fits(o, &mut left) {
+                    return Err(Error::Unsupported {
+                        what: format!(
+                            "the non-tensor values would take more than {MAX_METADATA} bytes of __metadata__"
+                        ),
+                        location: path.display().to_string(),
+                        hint: "leave them out (--non-tensors skip)".into(),
+                    });
+                }
                 if metadata.insert(p.clone(), repr(o, true)).is_some() {
                     return Err(Error::Unsupported {
                         what: format!("two entries are both named {p:?} in __metadata__"),
@@ -427,6 +467,22 @@ pub(crate) fn save(
                 });
             }
         }
+        // A view may not multiply its storage (a stride-0 view of one float as 2^40 elements).
+        let len = (t.numel() as usize)
+            .checked_mul(t.dtype.element_size())
+            .filter(|&l| {
+                l as u64
+                    <= (bytes.len() as u64)
+                        .saturating_mul(4)
+                        .saturating_add(256 << 20)
+            })
+            .ok_or_else(|| Error::Write {
+                path: path.to_path_buf(),
+                what: format!(
+                    "tensor {name} is a view that repeats its {}-byte storage far beyond its size; make it contiguous in torch first if that is meant",
+                    bytes.len()
+                ),
+            })?;
         let dtype = st_dtype(t.dtype).expect("checked above");
         let mut shape: Vec<usize> = t.shape.iter().map(|&s| s.max(0) as usize).collect();
         if dtype == safetensors::Dtype::F4 {
@@ -443,7 +499,7 @@ pub(crate) fn save(
                 shape,
                 tensor: t,
                 bytes,
-                len: t.numel() as usize * t.dtype.element_size(),
+                len,
             },
         ));
     }

@@ -888,6 +888,30 @@ def gen_amplify():
         note="an empty sparse tensor with a 1 GiB dense equivalent")
 
 
+def gen_depth():
+    """Nesting that goes around a per-path depth limit: call chains without REDUCE, and shared
+    (memoized) subtrees stacked on each other."""
+    C = "dos"
+    n = 100000
+    p = (b"\x80\x02" + bytes(G("torch._tensor", "_rebuild_from_type_v2")) + b"q\x01"
+         + bytes(G("torch", "Tensor")) + b"q\x02" + b"00" + b"h\x01h\x02" * n + b")"
+         + b"\x87" * n + b"q\x03" + b"0" + b"h\x01h\x03R.")
+    add("depth_rebuild_from_type_chain", C, deflated_ckpt(p), "error", is_zip=True,
+        note="_rebuild_from_type_v2 nested 100000 times through its args tuple")
+    k, levels = 990, 250
+    p = b"\x80\x02" + bytes(G("torch", "device")) + b"(" + enc("cpu") + b"N" + b")r" + u32(0)
+    for i in range(1, k):
+        p += b"j" + u32(i - 1) + b"\x85" * levels + b"r" + u32(i)
+    p += b"tR" + b"j" + u32(k - 1) + b"\x86."
+    add("depth_shared_subtrees_stacked", C, deflated_ckpt(p), "error", is_zip=True,
+        note="990 memoized subtrees each 250 deep, stacked: 250k levels of nesting")
+    q = tensor(storage=pid(stype="CharStorage", numel=2), size=(2,), stride=(1,), fn="_rebuild_qtensor",
+               args=(pid(stype="CharStorage", numel=2), 0, (2,), (1,),
+                     (G("torch", "per_tensor_affine"), 0.5, -(2 ** 63)), False, OD))
+    add("qtensor_zero_point_min", C, ckpt({"q": q}, {"0": b"\x01\x02"}), "ok_or_error", is_zip=True,
+        note="quantized tensor with zero_point -2**63 (dequantization must not overflow)")
+
+
 def gen_dos():
     C = "dos"
 
@@ -1899,6 +1923,7 @@ def generate():
     gen_dos()
     gen_dos_walks()
     gen_amplify()
+    gen_depth()
     gen_lying()
     gen_zip_damage()
     gen_legacy()
