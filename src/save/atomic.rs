@@ -51,22 +51,8 @@ pub(crate) fn temp_beside(path: &Path) -> Result<tempfile::NamedTempFile> {
 /// Gives the file the permissions the destination has (or 0644 for a new one), flushes it
 /// when `sync`, and renames it over `path`.
 pub(crate) fn finish(tmp: tempfile::NamedTempFile, path: &Path, sync: bool) -> Result<()> {
-    set_permissions(tmp.as_file(), path);
-    if sync {
-        tmp.as_file()
-            .sync_all()
-            .map_err(|e| werr(path, format!("flushing to disk: {e}")))?;
-    }
-    tmp.persist(path).map_err(|e| {
-        werr(
-            path,
-            format!("renaming the temporary file into place: {}", e.error),
-        )
-    })?;
-    if sync {
-        sync_dir(&parent_dir(path));
-    }
-    Ok(())
+    let (f, tmp) = tmp.into_parts();
+    finish_path(tmp, f, path, sync)
 }
 
 /// Like [`finish`] for a temporary path another writer filled (`f` is it, opened).
