@@ -134,6 +134,7 @@ pub fn run(backend: Arc<dyn Backend>, priority: i32) -> ConformanceReport {
             element_size: 1,
             nbytes: n,
             saved_location: "cpu",
+            file: None,
         })
         .collect();
     let items: Vec<(StorageDesc<'_>, &[u8])> = descs

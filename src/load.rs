@@ -37,7 +37,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use ptfile_backend::{BackendError, DeviceStorage, StorageDesc};
+use ptfile_backend::{BackendError, DeviceStorage, FileSpan, StorageDesc};
 use serde_json::{json, Map, Value};
 
 use crate::checkpoint::{ByteOrder, Checkpoint, LoadEndianness, OpenOptions};
@@ -341,7 +341,7 @@ impl Loader {
         for (i, route) in single {
             let bytes = ckpt.storage_bytes(i)?;
             let s = &ckpt.storages[i];
-            let desc = desc_of(s);
+            let desc = desc_of(&ckpt, i);
             let loc = reports[i].location.clone();
             let r = match self
                 .registry
@@ -386,7 +386,7 @@ impl Loader {
                 let items: Vec<(StorageDesc<'_>, &[u8])> = group
                     .iter()
                     .zip(&bytes)
-                    .map(|(&i, b)| (desc_of(&ckpt.storages[i]), &b[..]))
+                    .map(|(&i, b)| (desc_of(&ckpt, i), &b[..]))
                     .collect();
                 let results = backend.materialize_many(Some(idx), &items);
                 for (&i, r) in group.iter().zip(results) {
@@ -465,13 +465,23 @@ impl Loader {
     }
 }
 
-fn desc_of(s: &crate::model::Storage) -> StorageDesc<'_> {
+/// What a backend is told of storage `i`. Its bytes are at their file offset when the file is
+/// mapped and little endian (a big-endian file's bytes are swapped in memory first).
+fn desc_of(ckpt: &Checkpoint, i: usize) -> StorageDesc<'_> {
+    let s = &ckpt.storages[i];
+    let file = match (ckpt.source().file(), s.data) {
+        (Some(file), Some((offset, _))) if ckpt.byteorder == ByteOrder::Little => {
+            Some(FileSpan { file, offset })
+        }
+        _ => None,
+    };
     StorageDesc {
         key: &s.key,
         dtype: s.dtype.name(),
         element_size: s.dtype.element_size(),
         nbytes: s.nbytes as usize,
         saved_location: &s.location,
+        file,
     }
 }
 

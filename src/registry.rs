@@ -398,6 +398,7 @@ mod tests {
             element_size: 4,
             nbytes: 4,
             saved_location: "cuda:0",
+            file: None,
         }
     }
 

@@ -81,6 +81,15 @@ impl Source {
         Some(&self.bytes()[start as usize..end as usize])
     }
 
+    /// The mapped file, when the bytes come from a memory map (`bytes()[i]` is the file's byte
+    /// `i`).
+    pub fn file(&self) -> Option<&std::fs::File> {
+        match &*self.0 {
+            Backing::Map(_, file) => Some(file),
+            Backing::Owned(_) => None,
+        }
+    }
+
     /// Whether the bytes come from a memory map.
     pub fn is_mapped(&self) -> bool {
         matches!(&*self.0, Backing::Map(..))

@@ -261,3 +261,50 @@ pub fn last_line(bytes: &[u8]) -> String {
         .unwrap_or("")
         .to_string()
 }
+
+/// A directory holding `libcuda.so` built from tests/fake_cuda/libcuda.c: a CUDA driver in host
+/// memory that runs asynchronous copies only when they are waited for (see the file). Put it on
+/// `LD_LIBRARY_PATH` of a child process to run the cuda backend without a GPU. `Err` says why
+/// it could not be built (no C compiler); under CI that is a failure, not a skip.
+pub fn fake_cuda_dir() -> Result<PathBuf, String> {
+    let source = repo_root()
+        .join("tests")
+        .join("fake_cuda")
+        .join("libcuda.c");
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("fake_cuda");
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    // Each test process builds its own copy and renames it into place, so concurrent tests
+    // never load a half-written library.
+    let tmp = dir.join(format!("libcuda.so.{}", std::process::id()));
+    let cc = std::env::var_os("CC").unwrap_or_else(|| "cc".into());
+    let out = Command::new(&cc)
+        .args(["-shared", "-fPIC", "-O1", "-o"])
+        .arg(&tmp)
+        .arg(&source)
+        .arg("-lpthread")
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}", cc.to_string_lossy()))?;
+    if !out.status.success() {
+        return Err(format!(
+            "{} failed on {}: {}",
+            cc.to_string_lossy(),
+            source.display(),
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    std::fs::rename(&tmp, dir.join("libcuda.so")).map_err(|e| format!("{}: {e}", dir.display()))?;
+    Ok(dir)
+}
+
+/// [`fake_cuda_dir`], or `None` after printing why it is skipped; panics under CI (`CI` set),
+/// where a C compiler is part of the set-up.
+pub fn fake_cuda_or_skip() -> Option<PathBuf> {
+    match fake_cuda_dir() {
+        Ok(dir) => Some(dir),
+        Err(why) if std::env::var_os("CI").is_some() => panic!("fake CUDA driver: {why}"),
+        Err(why) => {
+            println!("skipped: no fake CUDA driver: {why}");
+            None
+        }
+    }
+}

@@ -121,6 +121,22 @@ pub struct StorageDesc<'a> {
     pub nbytes: usize,
     /// The location tag saved in the file (`cpu`, `cuda:0`, `ipu`).
     pub saved_location: &'a str,
+    /// Where the same bytes lie in the checkpoint file, when they are stored there verbatim
+    /// (an uncompressed little-endian record); `None` otherwise. A backend that copies through
+    /// staging buffers may read them from here with `pread` instead of through the byte slice:
+    /// the slice usually borrows a memory map, and every page touched through it joins the
+    /// process's resident set, while `pread` goes from the page cache straight into the staging
+    /// buffer. The file is not modified while the load runs.
+    pub file: Option<FileSpan<'a>>,
+}
+
+/// A storage's bytes in the checkpoint file: `nbytes` bytes at `offset`.
+#[derive(Debug, Clone, Copy)]
+pub struct FileSpan<'a> {
+    /// The open checkpoint file.
+    pub file: &'a std::fs::File,
+    /// Byte offset of the storage's first byte in the file.
+    pub offset: u64,
 }
 
 /// What a backend can do; used by the registry and the conformance suite.

@@ -80,6 +80,57 @@ pub fn plan_uploads(sizes: &[usize], slot_bytes: usize) -> Vec<Fill> {
     fills
 }
 
+/// Where the pipeline reads one storage's host bytes from.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum HostSource<'a> {
+    /// A byte slice (owned memory, or a memory map when no file is known).
+    Bytes(&'a [u8]),
+    /// `len` bytes at `offset` of a file, read with `pread`: from the page cache straight into
+    /// the staging buffer, without mapping the file's pages into the process.
+    #[cfg(unix)]
+    File {
+        /// The open file.
+        file: &'a std::fs::File,
+        /// Offset of the storage's first byte.
+        offset: u64,
+        /// Length of the storage.
+        len: usize,
+    },
+}
+
+impl HostSource<'_> {
+    /// Copies the source's bytes `at..at + dst.len()` into `dst`; `Err` names `storage`.
+    fn read(&self, storage: usize, at: usize, dst: &mut [u8]) -> Result<(), String> {
+        let short = || {
+            format!(
+                "staging plan reads bytes {at}..{} of storage #{storage}, which is shorter",
+                at.saturating_add(dst.len())
+            )
+        };
+        match *self {
+            HostSource::Bytes(bytes) => {
+                let src = at
+                    .checked_add(dst.len())
+                    .and_then(|end| bytes.get(at..end))
+                    .ok_or_else(short)?;
+                dst.copy_from_slice(src);
+                Ok(())
+            }
+            #[cfg(unix)]
+            HostSource::File { file, offset, len } => {
+                use std::os::unix::fs::FileExt;
+                if at.checked_add(dst.len()).is_none_or(|end| end > len) {
+                    return Err(short());
+                }
+                let pos = offset.checked_add(at as u64).ok_or_else(short)?;
+                file.read_exact_at(dst, pos).map_err(|e| {
+                    format!("cannot read storage #{storage} from the checkpoint at byte {pos}: {e}")
+                })
+            }
+        }
+    }
+}
+
 /// Below this many bytes per thread a staging fill is copied on the calling thread.
 pub(crate) const PARALLEL_MIN_BYTES: usize = 1 << 20;
 
@@ -103,9 +154,11 @@ pub(crate) trait Stager {
 /// Streams `plan` through the stager's ring: while the copy of slot k runs, slot k+1 is filled
 /// from `sources` (the storages' host bytes, indexed like the plan's `storage`). A slot is
 /// reused only after waiting for its event, so at most `slots` fills of host memory are used.
+/// Fills are split between up to `threads` threads (the caller's and a pool started once for
+/// the whole batch).
 pub(crate) fn run_pipeline<S: Stager + ?Sized>(
     plan: &[Fill],
-    sources: &[&[u8]],
+    sources: &[HostSource<'_>],
     stager: &mut S,
     threads: usize,
 ) -> Result<(), String> {
@@ -113,88 +166,185 @@ pub(crate) fn run_pipeline<S: Stager + ?Sized>(
     if slots == 0 {
         return Err("the staging ring has no slots".to_string());
     }
-    let mut in_flight = vec![false; slots];
-    for (k, fill) in plan.iter().enumerate() {
-        let slot = k % slots;
-        if let Some(busy) = in_flight.get_mut(slot) {
-            if *busy {
-                stager.wait(slot)?;
-                *busy = false;
+    let largest = plan.iter().map(Fill::len).max().unwrap_or(0);
+    let threads = threads.min(largest / PARALLEL_MIN_BYTES).max(1);
+    with_pool(threads, sources, |pool| {
+        let mut in_flight = vec![false; slots];
+        for (k, fill) in plan.iter().enumerate() {
+            let slot = k % slots;
+            if let Some(busy) = in_flight.get_mut(slot) {
+                if *busy {
+                    stager.wait(slot)?;
+                    *busy = false;
+                }
+            }
+            let buf = stager.staging(slot)?;
+            pool.fill(buf, &fill.segments, PARALLEL_MIN_BYTES)?;
+            for segment in &fill.segments {
+                stager.copy(slot, segment)?;
+            }
+            stager.record(slot)?;
+            if let Some(busy) = in_flight.get_mut(slot) {
+                *busy = true;
             }
         }
-        let buf = stager.staging(slot)?;
-        fill_staging(buf, &fill.segments, sources, threads, PARALLEL_MIN_BYTES)?;
-        for segment in &fill.segments {
-            stager.copy(slot, segment)?;
-        }
-        stager.record(slot)?;
-        if let Some(busy) = in_flight.get_mut(slot) {
-            *busy = true;
-        }
+        stager.finish()
+    })
+}
+
+/// A piece of a staging buffer for a pool thread to fill, with the fill's segments.
+struct Piece {
+    ptr: *mut u8,
+    len: usize,
+    /// Offset of the piece within the fill's staging bytes.
+    start: usize,
+    segments: *const Segment,
+    count: usize,
+}
+
+// SAFETY: a Piece stands for a `&mut [u8]` that `Pool::fill` split off its buffer (pieces are
+// disjoint) and for the `&[Segment]` it was given; `fill` keeps both borrowed until every
+// piece's thread has replied, so the memory is valid, the buffer piece is written by exactly
+// one thread and the segments are only read while the Piece is in use.
+unsafe impl Send for Piece {}
+
+impl Piece {
+    /// Fills the piece.
+    ///
+    /// # Safety
+    /// The buffer and segments the piece was made from are still borrowed by `Pool::fill`
+    /// (see `Piece`) and no other thread uses this piece's range.
+    unsafe fn run(&self, sources: &[HostSource<'_>]) -> Result<(), String> {
+        // SAFETY: guaranteed by the caller, as documented above.
+        let (buf, segments) = unsafe {
+            (
+                std::slice::from_raw_parts_mut(self.ptr, self.len),
+                std::slice::from_raw_parts(self.segments, self.count),
+            )
+        };
+        copy_range(buf, self.start, segments, sources)
     }
-    stager.finish()
+}
+
+/// Threads that fill pieces of staging buffers, alive for one batch (scoped threads).
+pub(crate) struct Pool<'p, 'a> {
+    workers: Vec<std::sync::mpsc::Sender<Piece>>,
+    done: std::sync::mpsc::Receiver<Result<(), String>>,
+    sources: &'p [HostSource<'a>],
+}
+
+/// Runs `body` with a pool of `threads - 1` helper threads (the caller is the last one).
+/// Threads that cannot be started are simply not used.
+pub(crate) fn with_pool<'a, R>(
+    threads: usize,
+    sources: &[HostSource<'a>],
+    body: impl FnOnce(&Pool<'_, 'a>) -> R,
+) -> R {
+    std::thread::scope(|scope| {
+        let (reply, done) = std::sync::mpsc::channel();
+        let mut workers = Vec::new();
+        for _ in 1..threads.max(1) {
+            let (tx, rx) = std::sync::mpsc::channel::<Piece>();
+            let reply = reply.clone();
+            let spawned = std::thread::Builder::new()
+                .name("ptfile-cuda-stage".to_string())
+                .spawn_scoped(scope, move || {
+                    for piece in rx {
+                        let outcome = std::panic::catch_unwind(|| {
+                            // SAFETY: `Pool::fill` sent the piece and waits for this reply.
+                            unsafe { piece.run(sources) }
+                        })
+                        .unwrap_or_else(|_| Err("a staging copy thread failed".to_string()));
+                        if reply.send(outcome).is_err() {
+                            break;
+                        }
+                    }
+                });
+            if spawned.is_ok() {
+                workers.push(tx);
+            }
+        }
+        let pool = Pool {
+            workers,
+            done,
+            sources,
+        };
+        // Dropping the pool closes the workers' channels, so the scope's threads end.
+        body(&pool)
+    })
+}
+
+impl Pool<'_, '_> {
+    /// Copies the bytes of `segments` into `buf` (whose first bytes they fill), split between
+    /// the pool's threads and the caller when each gets at least `min_per_thread` bytes.
+    pub(crate) fn fill(
+        &self,
+        buf: &mut [u8],
+        segments: &[Segment],
+        min_per_thread: usize,
+    ) -> Result<(), String> {
+        let total = segments.last().map_or(0, Segment::staging_end);
+        let buf_len = buf.len();
+        let Some(buf) = buf.get_mut(..total) else {
+            return Err(format!(
+                "staging plan needs {total} bytes, the staging buffer has {buf_len}"
+            ));
+        };
+        let threads = (self.workers.len() + 1)
+            .min(total / min_per_thread.max(1))
+            .max(1);
+        if threads == 1 {
+            return copy_range(buf, 0, segments, self.sources);
+        }
+        let per = total.div_ceil(threads).max(1);
+        let mut pieces = buf.chunks_mut(per);
+        let first = pieces.next().unwrap_or_default();
+        let mut sent = 0;
+        let mut outcome = Ok(());
+        for ((i, piece), worker) in pieces.enumerate().zip(&self.workers) {
+            let job = Piece {
+                ptr: piece.as_mut_ptr(),
+                len: piece.len(),
+                start: (i + 1) * per,
+                segments: segments.as_ptr(),
+                count: segments.len(),
+            };
+            match worker.send(job) {
+                Ok(()) => sent += 1,
+                // The worker is gone (it cannot be, while the pool lives): copy here instead.
+                Err(std::sync::mpsc::SendError(job)) => {
+                    // SAFETY: the job was not delivered, so this thread is its only user, and
+                    // `buf` and `segments` are borrowed for this whole call.
+                    outcome = outcome.and(unsafe { job.run(self.sources) });
+                }
+            }
+        }
+        outcome = outcome.and(copy_range(first, 0, segments, self.sources));
+        // Every delivered piece must be finished before `buf` may be used again.
+        for _ in 0..sent {
+            let reply = self
+                .done
+                .recv()
+                .unwrap_or_else(|_| Err("a staging copy thread vanished".to_string()));
+            outcome = outcome.and(reply);
+        }
+        outcome
+    }
 }
 
 /// Copies the bytes of `segments` from `sources` into the staging buffer `buf`, on up to
 /// `threads` threads when there are at least `min_per_thread` bytes for each.
+#[cfg(test)]
 pub(crate) fn fill_staging(
     buf: &mut [u8],
     segments: &[Segment],
-    sources: &[&[u8]],
+    sources: &[HostSource<'_>],
     threads: usize,
     min_per_thread: usize,
 ) -> Result<(), String> {
-    let total = segments.last().map_or(0, Segment::staging_end);
-    let buf_len = buf.len();
-    let Some(buf) = buf.get_mut(..total) else {
-        return Err(format!(
-            "staging plan needs {total} bytes, the staging buffer has {buf_len}"
-        ));
-    };
-    let threads = threads.min(total / min_per_thread.max(1)).max(1);
-    if threads == 1 {
-        return copy_range(buf, 0, segments, sources);
-    }
-    let per = total.div_ceil(threads).max(1);
-    let mut failed_to_spawn = Vec::new();
-    let mut results = Vec::new();
-    std::thread::scope(|scope| {
-        let mut pieces = buf.chunks_mut(per).enumerate();
-        let first = pieces.next();
-        let mut handles = Vec::new();
-        for (i, piece) in pieces {
-            let start = i * per;
-            let spawned = std::thread::Builder::new()
-                .name("ptfile-cuda-stage".to_string())
-                .spawn_scoped(scope, move || copy_range(piece, start, segments, sources));
-            match spawned {
-                Ok(handle) => handles.push(handle),
-                Err(_) => failed_to_spawn.push(start..(start + per).min(total)),
-            }
-        }
-        if let Some((_, piece)) = first {
-            results.push(copy_range(piece, 0, segments, sources));
-        }
-        for handle in handles {
-            results.push(
-                handle
-                    .join()
-                    .unwrap_or_else(|_| Err("a staging copy thread failed".to_string())),
-            );
-        }
-    });
-    for result in results {
-        result?;
-    }
-    // Pieces whose thread could not be started are copied here instead.
-    for range in failed_to_spawn {
-        let start = range.start;
-        match buf.get_mut(range) {
-            Some(piece) => copy_range(piece, start, segments, sources)?,
-            None => return Err("staging range out of bounds".to_string()),
-        }
-    }
-    Ok(())
+    with_pool(threads, sources, |pool| {
+        pool.fill(buf, segments, min_per_thread)
+    })
 }
 
 /// Copies the part of `segments` that falls in staging bytes `start..start + piece.len()`.
@@ -202,7 +352,7 @@ fn copy_range(
     piece: &mut [u8],
     start: usize,
     segments: &[Segment],
-    sources: &[&[u8]],
+    sources: &[HostSource<'_>],
 ) -> Result<(), String> {
     let end = start + piece.len();
     let first = segments.partition_point(|s| s.staging_end() <= start);
@@ -213,20 +363,13 @@ fn copy_range(
         let lo = segment.staging_offset.max(start);
         let hi = segment.staging_end().min(end);
         let src_lo = segment.offset + (lo - segment.staging_offset);
-        let src = sources
+        let source = sources
             .get(segment.storage)
-            .and_then(|s| s.get(src_lo..src_lo + (hi - lo)))
-            .ok_or_else(|| {
-                format!(
-                    "staging plan reads bytes {src_lo}..{} of storage #{}, which is shorter",
-                    src_lo + (hi - lo),
-                    segment.storage
-                )
-            })?;
+            .ok_or_else(|| format!("no host bytes for storage #{}", segment.storage))?;
         let dst = piece
             .get_mut(lo - start..hi - start)
             .ok_or_else(|| "staging range out of bounds".to_string())?;
-        dst.copy_from_slice(src);
+        source.read(segment.storage, src_lo, dst)?;
     }
     Ok(())
 }
@@ -474,15 +617,59 @@ mod tests {
         }
     }
 
+    fn slices(owned: &[Vec<u8>]) -> Vec<HostSource<'_>> {
+        owned.iter().map(|v| HostSource::Bytes(v)).collect()
+    }
+
+    /// The storages written back to back into a fresh temporary file after a 7-byte header.
+    #[cfg(unix)]
+    fn in_file(owned: &[Vec<u8>]) -> (std::fs::File, Vec<(u64, usize)>) {
+        use std::io::{Seek, Write};
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path =
+            std::env::temp_dir().join(format!("ptfile-cuda-plan-{}-{n}", std::process::id()));
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .unwrap();
+        std::fs::remove_file(&path).unwrap();
+        file.write_all(b"header!").unwrap();
+        let mut spans = Vec::new();
+        for v in owned {
+            spans.push((file.stream_position().unwrap(), v.len()));
+            file.write_all(v).unwrap();
+        }
+        (file, spans)
+    }
+
     fn run_case(sizes: &[usize], slots: usize, slot_bytes: usize, threads: usize) -> LazyDevice {
         let owned = sources_of(sizes, 3);
-        let sources: Vec<&[u8]> = owned.iter().map(Vec::as_slice).collect();
         let plan = plan_uploads(sizes, slot_bytes);
-        let mut dev = LazyDevice::new(slots, slot_bytes, sizes);
-        run_pipeline(&plan, &sources, &mut dev, threads).unwrap();
-        assert!(dev.violations.is_empty(), "{:?}", dev.violations);
-        assert_eq!(dev.dst, owned, "sizes {sizes:?} slots {slots}x{slot_bytes}");
-        dev
+        let run = |sources: &[HostSource<'_>]| {
+            let mut dev = LazyDevice::new(slots, slot_bytes, sizes);
+            run_pipeline(&plan, sources, &mut dev, threads).unwrap();
+            assert!(dev.violations.is_empty(), "{:?}", dev.violations);
+            assert_eq!(dev.dst, owned, "sizes {sizes:?} slots {slots}x{slot_bytes}");
+            dev
+        };
+        #[cfg(unix)]
+        {
+            let (file, spans) = in_file(&owned);
+            let from_file: Vec<HostSource<'_>> = spans
+                .iter()
+                .map(|&(offset, len)| HostSource::File {
+                    file: &file,
+                    offset,
+                    len,
+                })
+                .collect();
+            run(&from_file);
+        }
+        run(&slices(&owned))
     }
 
     #[test]
@@ -511,7 +698,7 @@ mod tests {
     fn pipeline_reports_copy_failures() {
         let sizes = [40, 40, 40];
         let owned = sources_of(&sizes, 1);
-        let sources: Vec<&[u8]> = owned.iter().map(Vec::as_slice).collect();
+        let sources = slices(&owned);
         let plan = plan_uploads(&sizes, 16);
         let mut dev = LazyDevice::new(2, 16, &sizes);
         dev.fail_copy_at = Some(4);
@@ -524,10 +711,23 @@ mod tests {
         let plan = plan_uploads(&[10], 16);
         let short = [0u8; 4];
         let mut dev = LazyDevice::new(1, 16, &[10]);
-        assert!(run_pipeline(&plan, &[&short], &mut dev, 1).is_err());
+        assert!(run_pipeline(&plan, &[HostSource::Bytes(&short)], &mut dev, 1).is_err());
         let mut tiny = LazyDevice::new(1, 4, &[10]);
         let src = [0u8; 10];
-        assert!(run_pipeline(&plan, &[&src], &mut tiny, 1).is_err());
+        assert!(run_pipeline(&plan, &[HostSource::Bytes(&src)], &mut tiny, 1).is_err());
+        #[cfg(unix)]
+        {
+            // A file span that claims more bytes than the file has.
+            let (file, _) = in_file(&[vec![1u8; 6]]);
+            let past_end = HostSource::File {
+                file: &file,
+                offset: 7,
+                len: 10,
+            };
+            let mut dev = LazyDevice::new(1, 16, &[10]);
+            let err = run_pipeline(&plan, &[past_end], &mut dev, 1).unwrap_err();
+            assert!(err.contains("cannot read storage #0"), "{err}");
+        }
     }
 
     #[test]
@@ -538,7 +738,7 @@ mod tests {
             let sizes: Vec<usize> = (0..n).map(|_| rng.below(200)).collect();
             let slot = 1 + rng.below(500);
             let owned = sources_of(&sizes, 9);
-            let sources: Vec<&[u8]> = owned.iter().map(Vec::as_slice).collect();
+            let sources = slices(&owned);
             for fill in plan_uploads(&sizes, slot) {
                 let mut seq = vec![0u8; slot];
                 let mut par = vec![0u8; slot];

@@ -42,6 +42,7 @@ fn main() {
         element_size: 1,
         nbytes: n,
         saved_location: "cpu",
+        file: None,
     };
     let gbps = |bytes: usize, t: Duration| bytes as f64 / t.as_secs_f64() / 1e9;
 

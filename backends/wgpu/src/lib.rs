@@ -30,7 +30,7 @@
 //! let backend = ptfile_wgpu::backend();
 //! let bytes = [1u8, 2, 3, 4, 5];
 //! let desc = StorageDesc { key: "0", dtype: "uint8", element_size: 1, nbytes: 5,
-//!                          saved_location: "cpu" };
+//!                          saved_location: "cpu", file: None };
 //! let storage = backend.materialize(Some(0), &desc, &bytes)?;
 //! assert_eq!(storage.location(), "wgpu:0");
 //! let buffer: &wgpu::Buffer = storage.as_any().downcast_ref::<WgpuStorage>().unwrap().buffer();

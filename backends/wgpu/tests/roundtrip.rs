@@ -38,6 +38,7 @@ fn desc(key: &str, nbytes: usize) -> StorageDesc<'_> {
         element_size: 1,
         nbytes,
         saved_location: "cpu",
+        file: None,
     }
 }
 
