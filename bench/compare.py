@@ -18,7 +18,10 @@ then times, on this machine, in this run:
 
 and peak resident memory of `ptfile load`. With --cold (root on Linux) each first load also
 runs after dropping the page cache. With --device D (e.g. cuda:0, on a GPU machine) it times
-torch.load(map_location=D) (synchronized) against `ptfile bench --map-location D` instead.
+torch.load(map_location=D) and safetensors load_file(device=D) (the file converted by ptfile;
+both synchronized, CUDA context made first) against `ptfile bench --map-location D`, with
+the peak RSS growth of each warm load, instead (the CUDA measurement: --gib 2 --device
+cuda:0; on the CPU safetensors maps the file lazily, so its figure there means little).
 Prints a table with GB/s and ratios against torch.
 """
 import argparse
@@ -92,17 +95,51 @@ print(best)
 
 DEVICE = r"""
 import sys, time, torch
-dev = sys.argv[3]
-best = 1e9
-for _ in range(int(sys.argv[2])):
+
+def status(field):
+    for line in open("/proc/self/status"):
+        if line.startswith(field):
+            return int(line.split()[1]) * 1024
+    return 0
+
+def reset_peak():
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+    return status("VmRSS:")
+
+path, runs, dev, kind = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+if dev.startswith("cuda"):
+    torch.zeros(1, device=dev)  # create the context before timing
+    torch.cuda.synchronize()
+if kind == "safetensors":
+    from safetensors.torch import load_file
+    load = lambda: load_file(path, device=dev)
+else:
+    load = lambda: torch.load(path, map_location=dev, weights_only=True)
+best, growth = 1e9, 0
+for i in range(runs):
+    before = reset_peak()
     t = time.perf_counter()
-    sd = torch.load(sys.argv[1], map_location=dev, weights_only=True)
+    sd = load()
     if dev.startswith("cuda"):
         torch.cuda.synchronize()
     best = min(best, time.perf_counter() - t)
+    if i > 0 or runs == 1:
+        growth = max(growth, status("VmHWM:") - before)
     del sd
+print(growth)
 print(best)
 """
+
+
+def py_device(path, runs, dev, kind):
+    """(best seconds, peak RSS growth bytes of the warm runs) of DEVICE."""
+    out = subprocess.run([sys.executable, "-c", DEVICE, path, str(runs), dev, kind], check=True,
+                         capture_output=True, text=True).stdout.strip().splitlines()
+    return float(out[-1]), int(out[-2])
 
 
 def peak_rss(cmd):
@@ -160,15 +197,39 @@ def main():
             pass
 
     if a.device:
-        t = py(DEVICE, path, a.runs, a.device)
+        mib = 1 << 20
+        t, t_rss = py_device(path, a.runs, a.device, "torch")
+        st_path = os.path.splitext(path)[0] + ".safetensors"
+        st = None
+        try:
+            import safetensors  # noqa: F401
+            if not os.path.exists(st_path):
+                subprocess.run([a.ptfile, "convert", "--format", "safetensors", path, st_path],
+                               check=True, capture_output=True)
+            st = py_device(st_path, a.runs, a.device, "safetensors")
+        except (ImportError, subprocess.CalledProcessError) as e:
+            print(f"safetensors not compared: {e}", file=sys.stderr)
         b = json.loads(subprocess.run([a.ptfile, "bench", "--json", "--runs", str(a.runs),
                                        "--map-location", a.device, path],
                                       check=True, capture_output=True, text=True).stdout)
         gb = size / 1e9
-        print(f"file: {path} ({size / (1 << 30):.2f} GiB) onto {a.device}")
-        print(f"torch.load(map_location={a.device!r}) {t:.3f} s {gb / t:.2f} GB/s")
-        print(f"ptfile bench --map-location {a.device}  {b['load_s']:.3f} s {b['gbps']:.2f} GB/s "
-              f"on {b['device']}  ({t / b['load_s']:.2f}x torch)")
+        out = {"file_bytes": size, "device": a.device, "torch_s": t, "torch_rss_growth": t_rss,
+               "safetensors_s": st and st[0], "safetensors_rss_growth": st and st[1],
+               "ptfile": b}
+        if a.json:
+            print(json.dumps(out, indent=1))
+            return
+        print(f"file: {path} ({size / (1 << 30):.2f} GiB) onto {a.device}, warm, best of {a.runs}")
+        print(f"torch.load(map_location={a.device!r})  {t:.3f} s {gb / t:6.2f} GB/s  "
+              f"peak RSS growth {t_rss / mib:.0f} MiB")
+        if st:
+            print(f"safetensors load_file(device=...)  {st[0]:.3f} s {gb / st[0]:6.2f} GB/s  "
+                  f"peak RSS growth {st[1] / mib:.0f} MiB")
+        growth = b.get("rss_growth_bytes")
+        growth = "n/a" if growth is None else f"{growth / mib:.0f} MiB"
+        print(f"ptfile bench --map-location {a.device}  {b['load_s']:.3f} s {b['gbps']:6.2f} GB/s  "
+              f"peak RSS growth {growth} on {b['device']}: {t / b['load_s']:.2f}x torch"
+              + (f", {st[0] / b['load_s']:.2f}x safetensors" if st else ""))
         return
 
     r = {}
