@@ -5,12 +5,14 @@
 //! CUDA toolkit and, on a machine without the NVIDIA driver, reports itself
 //! [`Availability::Unavailable`] (storages then fall back to another backend).
 //!
-//! [`Backend::materialize_many`] streams the storages' host bytes (usually borrowing a
-//! memory-mapped checkpoint) through a small ring of pinned (page-locked) staging buffers:
-//! while slot *k* is being copied to the device asynchronously, slot *k+1* is filled from the
-//! map. Small storages share a slot, large ones are chunked across slots, and host memory stays
-//! bounded by the ring ([`RingConfig`], default 4 x 16 MiB). Each storage gets its own device
-//! allocation; [`CudaStorage::device_ptr`] exposes it.
+//! [`Backend::materialize_many`] streams the storages' host bytes through a small ring of
+//! pinned (page-locked) staging buffers: while slot *k* is being copied to the device
+//! asynchronously, slot *k+1* is filled, with `pread` from the checkpoint file when the loader
+//! says where the bytes lie (`StorageDesc::file`), else from the given slice. Small storages
+//! share a slot, large ones are chunked across slots, and host memory stays bounded by the
+//! ring ([`RingConfig`], default 4 x 16 MiB). The storages of a batch share one device
+//! allocation ([`CudaBackend::with_shared_allocations`]); [`CudaStorage::device_ptr`] gives
+//! each one's address.
 #![warn(missing_docs)]
 
 pub mod plan;
