@@ -551,8 +551,8 @@ pub fn for_each_element(t: &Tensor, mut f: impl FnMut(usize)) {
 /// has at most `max_values` elements.
 pub fn tensor_digest(t: &Tensor, bytes: &[u8], max_values: u64) -> (String, Option<Value>) {
     let es = t.dtype.element_size();
-    let (conj, neg) = view_bits(t);
-    let xform = conj || neg;
+    let resolver = Resolver::new(t);
+    let xform = resolver.is_some();
     let mut h = Sha256::new();
     let n = t.numel();
     if t.is_contiguous() && !xform {
@@ -563,14 +563,16 @@ pub fn tensor_digest(t: &Tensor, bytes: &[u8], max_values: u64) -> (String, Opti
         }
     } else {
         let mut buf = Vec::with_capacity(64 * 1024);
+        let mut i = 0u64;
         for_each_element(t, |o| {
             if let Some(b) = bytes.get(o..o.saturating_add(es)) {
                 let at = buf.len();
                 buf.extend_from_slice(b);
-                if xform {
-                    resolve_bits(t.dtype, &mut buf[at..], conj, neg);
+                if let Some(r) = &resolver {
+                    r.apply(&mut buf[at..], i, o / es.max(1));
                 }
             }
+            i += 1;
             if buf.len() >= 64 * 1024 {
                 h.update(&buf);
                 buf.clear();
@@ -585,18 +587,22 @@ pub fn tensor_digest(t: &Tensor, bytes: &[u8], max_values: u64) -> (String, Opti
     let mut vals = Vec::with_capacity(n as usize);
     let mut ok = true;
     let mut el = vec![0u8; es];
-    for_each_element(t, |o| match bytes.get(o..o.saturating_add(es)) {
-        Some(b) => {
-            el.copy_from_slice(b);
-            if xform {
-                resolve_bits(t.dtype, &mut el, conj, neg);
+    let mut i = 0u64;
+    for_each_element(t, |o| {
+        match bytes.get(o..o.saturating_add(es)) {
+            Some(b) => {
+                el.copy_from_slice(b);
+                if let Some(r) = &resolver {
+                    r.apply(&mut el, i, o / es.max(1));
+                }
+                match element_json(t.dtype, &el) {
+                    Some(v) => vals.push(v),
+                    None => ok = false,
+                }
             }
-            match element_json(t.dtype, &el) {
-                Some(v) => vals.push(v),
-                None => ok = false,
-            }
+            None => ok = false,
         }
-        None => ok = false,
+        i += 1;
     });
     (sha, Some(if ok { Value::Array(vals) } else { Value::Null }))
 }
@@ -613,36 +619,210 @@ fn view_bits(t: &Tensor) -> (bool, bool) {
     (flag("conj"), flag("neg"))
 }
 
-/// Applies the conjugate / negative bits to one little-endian element in place.
-fn resolve_bits(dtype: DType, el: &mut [u8], conj: bool, neg: bool) {
-    let flip_sign = |part: &mut [u8]| {
-        if let Some(last) = part.last_mut() {
-            *last ^= 0x80;
+/// Applies a tensor's conjugate / negative bits to its elements with the bits torch's own
+/// `resolve_conj()` and `resolve_neg()` give on an x86-64 CPU with AVX2, NaN payloads and
+/// signed zeros included. Those kernels run a vectorized loop over runs of elements that are
+/// contiguous in memory, two vectors per step, and finish each run with scalar code, and the
+/// two paths differ: vectorized float16 / bfloat16 negation flips the sign bit where the
+/// scalar one goes through float32 (quieting a NaN; bfloat16 turns it into 0x7fc0);
+/// vectorized complex64 / complex128 negation computes `0 - x` (a NaN keeps its sign and is
+/// quieted, a zero becomes +0) where the scalar one flips the sign bit; complex32 is always
+/// scalar, through float32. float32 / float64 and every conjugation of complex64 / complex128
+/// flip the sign bit; integers negate in two's complement. (Tensors over 32 768 elements are
+/// split between threads, each with its own scalar tail; that split is not modelled.)
+struct Resolver {
+    dtype: DType,
+    conj: bool,
+    neg: bool,
+    /// Elements per vectorized step of the negation kernel (0: never vectorized).
+    step: u64,
+    runs: Runs,
+}
+
+/// How the elements fall into contiguous runs in the kernel's loop.
+enum Runs {
+    /// Non-overlapping and dense: one run of `n` elements in memory order, starting at the
+    /// storage offset.
+    Dense { n: u64, base: u64 },
+    /// Runs of `m` consecutive elements in row-major order (the inner dimensions that are
+    /// contiguous in memory).
+    Rows { m: u64 },
+    /// No contiguous inner dimension: every element takes the scalar path.
+    Scalar,
+}
+
+impl Resolver {
+    /// The resolver for `t`, or `None` when it has neither bit set.
+    fn new(t: &Tensor) -> Option<Resolver> {
+        let (conj, neg) = view_bits(t);
+        if !conj && !neg {
+            return None;
         }
-    };
-    match dtype.kind() {
-        Kind::Complex(_) => {
-            let h = el.len() / 2;
-            let (re, im) = el.split_at_mut(h);
-            if neg {
-                flip_sign(re);
-                flip_sign(im);
+        Some(Resolver {
+            dtype: t.dtype,
+            conj,
+            neg,
+            step: vector_step(t.dtype),
+            runs: runs_of(t),
+        })
+    }
+
+    /// Resolves element number `index` (row-major) found at element offset `at` of the storage.
+    fn apply(&self, el: &mut [u8], index: u64, at: usize) {
+        let step = self.step.max(1);
+        let vector = self.step > 0
+            && match self.runs {
+                Runs::Dense { n, base } => (at as u64).wrapping_sub(base) < n - n % step,
+                Runs::Rows { m } => index % m < m - m % step,
+                Runs::Scalar => false,
+            };
+        match self.dtype.kind() {
+            Kind::Complex(part) => {
+                let h = el.len() / 2;
+                let (re, im) = el.split_at_mut(h);
+                // With both bits, torch resolves them in one kernel: negation, then the
+                // conjugate's sign flip.
+                if self.neg {
+                    negate(part, re, vector);
+                    negate(part, im, vector);
+                }
+                if self.conj {
+                    negate(part, im, false);
+                }
             }
-            if conj {
-                flip_sign(im);
+            Kind::Float if self.neg => {
+                let part = match el.len() {
+                    2 => Part::F16,
+                    4 => Part::F32,
+                    _ => Part::F64,
+                };
+                negate(part, el, vector);
+            }
+            Kind::BFloat if self.neg => negate(Part::BF16, el, vector),
+            Kind::Float8(_) if self.neg => flip_sign(el),
+            Kind::Int | Kind::UInt if self.neg => {
+                // Two's-complement negation: invert and add one.
+                let mut carry = 1u16;
+                for b in el.iter_mut() {
+                    let v = (!*b) as u16 + carry;
+                    *b = v as u8;
+                    carry = v >> 8;
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Elements per step of the vectorized negation kernel for `dtype`: two AVX2 (256-bit)
+/// vectors; 0 where the scalar and vectorized paths agree or there is no vectorized path.
+fn vector_step(dtype: DType) -> u64 {
+    match (dtype.kind(), dtype.element_size()) {
+        (Kind::Float, 2) | (Kind::BFloat, _) => 32,
+        (Kind::Complex(Part::F32), _) => 8,
+        (Kind::Complex(Part::F64), _) => 4,
+        _ => 0,
+    }
+}
+
+/// The contiguous runs of `t`'s elements (dimensions of size 1 do not count).
+fn runs_of(t: &Tensor) -> Runs {
+    let dims: Vec<(u64, i64)> = t
+        .shape
+        .iter()
+        .zip(&t.stride)
+        .filter(|(&size, _)| size > 1)
+        .map(|(&size, &stride)| (size as u64, stride))
+        .collect();
+    let n: u64 = dims.iter().map(|d| d.0).product();
+    let mut by_stride = dims.clone();
+    by_stride.sort_by_key(|d| d.1);
+    let mut expect = 1i128;
+    let mut dense = true;
+    for &(size, stride) in &by_stride {
+        dense &= stride as i128 == expect;
+        expect = expect.saturating_mul(size as i128);
+    }
+    if dense {
+        return Runs::Dense {
+            n,
+            base: t.storage_offset.max(0) as u64,
+        };
+    }
+    // Otherwise the result is row-major and the loop's inner run is the trailing dimensions
+    // that are contiguous in the source as well.
+    let mut m = 1u64;
+    for &(size, stride) in dims.iter().rev() {
+        if stride as i128 != m as i128 {
+            break;
+        }
+        m = m.saturating_mul(size);
+    }
+    if m > 1 {
+        Runs::Rows { m }
+    } else {
+        Runs::Scalar
+    }
+}
+
+/// Flips the sign bit of a little-endian float.
+fn flip_sign(x: &mut [u8]) {
+    if let Some(last) = x.last_mut() {
+        *last ^= 0x80;
+    }
+}
+
+/// Negates one little-endian float of `part`'s format as torch's CPU kernels do on the
+/// vectorized path (`vector`) or the scalar one (see [`Resolver`]).
+fn negate(part: Part, x: &mut [u8], vector: bool) {
+    let half = |x: &[u8]| -> Option<u16> { Some(u16::from_le_bytes([*x.first()?, *x.get(1)?])) };
+    let store16 = |x: &mut [u8], v: u16| x.copy_from_slice(&v.to_le_bytes());
+    match (part, vector) {
+        // Through float32: a NaN is quieted with its payload kept, then the sign flips.
+        (Part::F16, false) => {
+            if let Some(mut v) = half(x) {
+                if v & 0x7c00 == 0x7c00 && v & 0x03ff != 0 {
+                    v |= 0x0200;
+                }
+                store16(x, v ^ 0x8000);
             }
         }
-        Kind::Float | Kind::BFloat | Kind::Float8(_) if neg => flip_sign(el),
-        Kind::Int | Kind::UInt if neg => {
-            // Two's-complement negation: invert and add one.
-            let mut carry = 1u16;
-            for b in el.iter_mut() {
-                let v = (!*b) as u16 + carry;
-                *b = v as u8;
-                carry = v >> 8;
+        // Through float32 and back with round-to-nearest-even: a NaN becomes 0x7fc0.
+        (Part::BF16, false) => {
+            if let Some(v) = half(x) {
+                let nan = v & 0x7f80 == 0x7f80 && v & 0x007f != 0;
+                store16(x, if nan { 0x7fc0 } else { v ^ 0x8000 });
             }
         }
-        _ => {}
+        // `0 - x` for complex64 / complex128 lanes.
+        (Part::F32, true) => {
+            if let Ok(b) = <[u8; 4]>::try_from(&*x) {
+                let v = u32::from_le_bytes(b);
+                let r = if v & 0x7f80_0000 == 0x7f80_0000 && v & 0x007f_ffff != 0 {
+                    v | 0x0040_0000
+                } else if v & 0x7fff_ffff == 0 {
+                    0
+                } else {
+                    v ^ 0x8000_0000
+                };
+                x.copy_from_slice(&r.to_le_bytes());
+            }
+        }
+        (Part::F64, true) => {
+            if let Ok(b) = <[u8; 8]>::try_from(&*x) {
+                let v = u64::from_le_bytes(b);
+                let exp = 0x7ff0_0000_0000_0000u64;
+                let r = if v & exp == exp && v & !(exp | 1 << 63) != 0 {
+                    v | 0x0008_0000_0000_0000
+                } else if v << 1 == 0 {
+                    0
+                } else {
+                    v ^ 1 << 63
+                };
+                x.copy_from_slice(&r.to_le_bytes());
+            }
+        }
+        _ => flip_sign(x),
     }
 }
 
@@ -901,5 +1081,138 @@ pub fn human_bytes(b: u64) -> String {
         format!("{b} B")
     } else {
         format!("{v:.1} {}", U[i])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A contiguous 1-D tensor of `dtype` made of `input`, resolved, as words of `W` bytes.
+    fn resolved<const W: usize>(dtype: &str, input: &[u64], conj: bool, neg: bool) -> Vec<u64> {
+        let dtype = DType::from_name(dtype).unwrap();
+        let mut bytes: Vec<u8> = input
+            .iter()
+            .flat_map(|w| w.to_le_bytes()[..W].to_vec())
+            .collect();
+        let size = dtype.element_size();
+        let n = (bytes.len() / size) as u64;
+        let r = Resolver {
+            dtype,
+            conj,
+            neg,
+            step: vector_step(dtype),
+            runs: Runs::Dense { n, base: 0 },
+        };
+        for (i, el) in bytes.chunks_mut(size).enumerate() {
+            r.apply(el, i as u64, i);
+        }
+        bytes
+            .chunks(W)
+            .map(|c| {
+                let mut w = [0u8; 8];
+                w[..W].copy_from_slice(c);
+                u64::from_le_bytes(w)
+            })
+            .collect()
+    }
+
+    fn words(dtype: &str, input: &[u16], conj: bool, neg: bool) -> Vec<u16> {
+        let input: Vec<u64> = input.iter().map(|&w| w as u64).collect();
+        resolved::<2>(dtype, &input, conj, neg)
+            .into_iter()
+            .map(|w| w as u16)
+            .collect()
+    }
+
+    /// The bits torch 2.15 gives (resolve_conj / resolve_neg on x86-64), NaN payloads included.
+    #[test]
+    fn conj_and_neg_bits_match_torch() {
+        let input = [0x7c01, 0x7c01, 0xfc01, 0x7e00, 0x3c00, 0x7d00];
+        assert_eq!(
+            words("complex32", &input, true, false),
+            [0x7c01, 0xfe01, 0xfc01, 0xfe00, 0x3c00, 0xff00]
+        );
+        assert_eq!(
+            words("complex32", &input, false, true),
+            [0xfe01, 0xfe01, 0x7e01, 0xfe00, 0xbc00, 0xff00]
+        );
+        assert_eq!(
+            words("complex32", &input, true, true),
+            [0xfe01, 0x7e01, 0x7e01, 0x7e00, 0xbc00, 0x7f00]
+        );
+        assert_eq!(
+            words("float16", &[0x7c01, 0x7e01, 0x3c00], false, true),
+            [0xfe01, 0xfe01, 0xbc00]
+        );
+        assert_eq!(
+            words("bfloat16", &[0x7f81, 0x7fc1, 0x3f80], false, true),
+            [0x7fc0, 0x7fc0, 0xbf80]
+        );
+        // float32: the sign bit alone, signalling NaNs included.
+        assert_eq!(
+            words("float32", &[0x0001, 0x7f80, 0x0000, 0x3f80], false, true),
+            [0x0001, 0xff80, 0x0000, 0xbf80]
+        );
+        assert_eq!(
+            words("complex64", &[0x0001, 0x7f80, 0x0001, 0x7f80], true, false),
+            [0x0001, 0x7f80, 0x0001, 0xff80]
+        );
+        assert_eq!(words("int16", &[1, 0x8000], false, true), [0xffff, 0x8000]);
+    }
+
+    /// Long enough for torch's vectorized loop: its lanes and its scalar tail differ.
+    #[test]
+    fn vectorized_negation_matches_torch() {
+        // complex64, 20 elements: 16 through `0 - x`, the last 4 by sign flips.
+        let pattern = [
+            0x7f80_0001u64,
+            0x7fc0_0001,
+            0xffc0_0001,
+            0,
+            0x8000_0000,
+            0x3f80_0000,
+            0xff80_0001,
+            0x8000_0000,
+        ];
+        let input: Vec<u64> = pattern.iter().cycle().take(40).copied().collect();
+        let out = resolved::<4>("complex64", &input, false, true);
+        let lanes = [
+            0x7fc0_0001,
+            0x7fc0_0001,
+            0xffc0_0001,
+            0,
+            0,
+            0xbf80_0000,
+            0xffc0_0001,
+            0,
+        ];
+        assert_eq!(out[..8], lanes);
+        let tail = [
+            0xff80_0001u64,
+            0xffc0_0001,
+            0x7fc0_0001,
+            0x8000_0000,
+            0,
+            0xbf80_0000,
+            0x7f80_0001,
+            0,
+        ];
+        assert_eq!(out[32..], tail);
+        // float16 / bfloat16, 64 elements: all vectorized, plain sign flips.
+        let f16: Vec<u16> = [0x7c01u16, 0, 0x8000, 0x3c00].repeat(16);
+        let got = words("float16", &f16, false, true);
+        assert_eq!(got[..4], [0xfc01, 0x8000, 0, 0xbc00]);
+        let bf16: Vec<u16> = [0x7f81u16, 0, 0x8000, 0x3f80].repeat(16);
+        let got = words("bfloat16", &bf16, false, true);
+        assert_eq!(got[..4], [0xff81, 0x8000, 0, 0xbf80]);
+        // complex128, 8 elements: all vectorized.
+        let c128: Vec<u64> =
+            [0x7ff0_0000_0000_0001u64, 0, 1 << 63, 0x3ff0_0000_0000_0000].repeat(4);
+        let got = resolved::<8>("complex128", &c128, false, true);
+        assert_eq!(
+            got[..4],
+            [0x7ff8_0000_0000_0001, 0, 0, 0xbff0_0000_0000_0000]
+        );
     }
 }

@@ -53,7 +53,7 @@ fn count() -> u32 {
         .unwrap_or(DEFAULT_COUNT)
 }
 
-fn gen_random(python: &Path, dir: &Path, seed: u64, count: u32) {
+fn gen_random(python: &Path, dir: &Path, seed: u64, count: u32, exotic: bool) {
     let script = repo_root()
         .join("tests")
         .join("python")
@@ -65,6 +65,9 @@ fn gen_random(python: &Path, dir: &Path, seed: u64, count: u32) {
         .arg(seed.to_string())
         .arg("--count")
         .arg(count.to_string());
+    if exotic {
+        c.arg("--exotic");
+    }
     if !EXCLUDED_DTYPES.is_empty() {
         c.arg("--exclude-dtypes").arg(EXCLUDED_DTYPES.join(","));
     }
@@ -108,11 +111,17 @@ fn random_torch_checkpoints_read_back() {
     let mut dirs = Vec::new();
     for seed in seeds {
         let dir = tmp.path().join(format!("seed-{seed}"));
-        gen_random(&python, &dir, seed, n);
+        gen_random(&python, &dir, seed, n, false);
         dirs.push(dir);
     }
+    // Half as many again with --exotic: conjugate and negative views (whose resolved bits
+    // follow torch's kernels, NaN payloads and signed zeros included), bits*, float4.
+    let exotic = (n / 2).max(1);
+    let dir = tmp.path().join(format!("exotic-{}", seeds[1]));
+    gen_random(&python, &dir, seeds[1], exotic, true);
+    dirs.push(dir);
     let dirs: Vec<&Path> = dirs.iter().map(|d| d.as_path()).collect();
-    let expected = n as usize * seeds.len();
+    let expected = n as usize * seeds.len() + exotic as usize;
 
     // `load`: gen_random.py writes only CPU storages, so nothing falls back; any GPU is hidden
     // all the same so that every storage lands on the CPU.

@@ -267,14 +267,19 @@ pub fn last_line(bytes: &[u8]) -> String {
 /// `LD_LIBRARY_PATH` of a child process to run the cuda backend without a GPU. `Err` says why
 /// it could not be built (no C compiler); under CI that is a failure, not a skip.
 pub fn fake_cuda_dir() -> Result<PathBuf, String> {
+    static BUILT: std::sync::OnceLock<Result<PathBuf, String>> = std::sync::OnceLock::new();
+    BUILT.get_or_init(build_fake_cuda).clone()
+}
+
+fn build_fake_cuda() -> Result<PathBuf, String> {
     let source = repo_root()
         .join("tests")
         .join("fake_cuda")
         .join("libcuda.c");
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("fake_cuda");
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    // Each test process builds its own copy and renames it into place, so concurrent tests
-    // never load a half-written library.
+    // Each test process builds its copy once and renames it into place, so tests running at
+    // the same time in other processes never load a half-written library.
     let tmp = dir.join(format!("libcuda.so.{}", std::process::id()));
     let cc = std::env::var_os("CC").unwrap_or_else(|| "cc".into());
     let out = Command::new(&cc)
