@@ -748,6 +748,27 @@ impl Interp<'_> {
                 (c.to_string(), args[1..].to_vec())
             }
             ("copyreg.__newobj__", Some(Object::Global(c))) => (c.to_string(), args[1..].to_vec()),
+            // numpy arrays: _reconstruct(numpy.ndarray, shape, dtype code) then BUILD.
+            (
+                "numpy.core.multiarray._reconstruct" | "numpy._core.multiarray._reconstruct",
+                Some(Object::Global(c)),
+            ) => (c.to_string(), args),
+            // numpy dtypes are instances of one class per kind (numpy >= 1.25).
+            ("numpy.dtype", Some(Object::Str(code))) => match numpy_dtype_class(code) {
+                Some(c) => (format!("numpy.dtypes.{c}"), args),
+                None => (class, args),
+            },
+            // numpy scalars: scalar(dtype, raw bytes). float64 and complex128 are Python float
+            // and complex subclasses, so they are those values; others are numpy.<type>.
+            ("numpy.core.multiarray.scalar" | "numpy._core.multiarray.scalar", Some(dtype)) => {
+                if let Some(value) = numpy_python_scalar(dtype, args.get(1)) {
+                    return Ok(value);
+                }
+                match numpy_dtype_code(dtype).and_then(numpy_scalar_type) {
+                    Some(t) => (format!("numpy.{t}"), args),
+                    None => (class, args),
+                }
+            }
             _ => (class, args),
         };
         let kwargs = match call.kwargs {
@@ -1130,4 +1151,104 @@ fn global_value(module: &str, name: &str) -> Object {
         }
     }
     Object::Global(format!("{module}.{name}").into())
+}
+
+/// The dtype code (`f8`, `i4`, `U3`, ...) of a pickled `numpy.dtype(code, False, True)`.
+fn numpy_dtype_code(dtype: &Object) -> Option<&str> {
+    match dtype {
+        Object::Opaque(o) if o.class == "numpy.dtype" || o.class.starts_with("numpy.dtypes.") => {
+            o.args.first()?.as_str()
+        }
+        _ => None,
+    }
+}
+
+/// The byte order of a pickled numpy dtype: its state is `(version, order, ...)`.
+fn numpy_dtype_big_endian(dtype: &Object) -> bool {
+    let Object::Opaque(o) = dtype else {
+        return false;
+    };
+    match &o.state {
+        Some(Object::Tuple(t)) => t.get(1).and_then(Object::as_str) == Some(">"),
+        _ => false,
+    }
+}
+
+/// `numpy.dtypes` class of a dtype code (numpy 2 names).
+fn numpy_dtype_class(code: &str) -> Option<&'static str> {
+    Some(match code {
+        "b1" => "BoolDType",
+        "i1" => "Int8DType",
+        "i2" => "Int16DType",
+        "i4" => "Int32DType",
+        "i8" => "Int64DType",
+        "u1" => "UInt8DType",
+        "u2" => "UInt16DType",
+        "u4" => "UInt32DType",
+        "u8" => "UInt64DType",
+        "f2" => "Float16DType",
+        "f4" => "Float32DType",
+        "f8" => "Float64DType",
+        "f16" | "f12" => "LongDoubleDType",
+        "c8" => "Complex64DType",
+        "c16" => "Complex128DType",
+        "c32" | "c24" => "CLongDoubleDType",
+        _ => match code.get(..1)? {
+            "O" => "ObjectDType",
+            "U" => "StrDType",
+            "S" => "BytesDType",
+            "V" => "VoidDType",
+            "M" => "DateTime64DType",
+            "m" => "TimeDelta64DType",
+            _ => return None,
+        },
+    })
+}
+
+/// numpy scalar type of a fixed-size dtype code.
+fn numpy_scalar_type(code: &str) -> Option<&'static str> {
+    Some(match code {
+        "b1" => "bool",
+        "i1" => "int8",
+        "i2" => "int16",
+        "i4" => "int32",
+        "i8" => "int64",
+        "u1" => "uint8",
+        "u2" => "uint16",
+        "u4" => "uint32",
+        "u8" => "uint64",
+        "f2" => "float16",
+        "f4" => "float32",
+        "f16" | "f12" => "longdouble",
+        "c8" => "complex64",
+        "c32" | "c24" => "clongdouble",
+        _ => match code.get(..1)? {
+            "M" => "datetime64",
+            "m" => "timedelta64",
+            _ => return None,
+        },
+    })
+}
+
+/// A numpy float64 / complex128 scalar as the Python float / complex it is a subclass of.
+fn numpy_python_scalar(dtype: &Object, raw: Option<&Object>) -> Option<Object> {
+    let code = numpy_dtype_code(dtype)?;
+    let bytes: &[u8] = match raw? {
+        Object::Bytes(b) => b,
+        _ => return None,
+    };
+    let big = numpy_dtype_big_endian(dtype);
+    let f64_at = |at: usize| -> Option<f64> {
+        let b: [u8; 8] = bytes.get(at..at + 8)?.try_into().ok()?;
+        Some(if big {
+            f64::from_be_bytes(b)
+        } else {
+            f64::from_le_bytes(b)
+        })
+    };
+    match (code, bytes.len()) {
+        ("f8", 8) => Some(Object::Float(f64_at(0)?)),
+        ("c16", 16) => Some(Object::Complex(f64_at(0)?, f64_at(8)?)),
+        _ => None,
+    }
 }

@@ -123,6 +123,8 @@ fn crafted_and_torch_made_files_match_torch() {
         ("full_div_v3.ptc", Format::TorchScript),
         ("scripted_buffers.ptc", Format::TorchScript),
         ("traced_constants.ptc", Format::TorchScript),
+        ("numpy_values.pt", Format::Zip),
+        ("numpy_values_p4.pt", Format::Zip),
     ] {
         let f = data(file);
         assert_eq!(Checkpoint::open(&f).unwrap().format, format, "{file}");

@@ -12,6 +12,10 @@ torch.jit.load returns):
                           plain tensor attribute (not state) and a submodule nested two deep.
   traced_constants.ptc    torch.jit.trace of a module whose forward uses a tensor constant
                           (constants.pkl with its own storage).
+  numpy_values.pt,        numpy arrays (native and big-endian), scalars (float64 and
+  numpy_values_p4.pt      complex128 are Python float/complex subclasses; the others numpy
+                          types) and dtypes in a training-config-like dict, pickle protocols 2
+                          and 4 (as published checkpoints such as SevenNet's carry them).
 """
 import os
 import subprocess
@@ -60,6 +64,30 @@ class WithConstant(nn.Module):
         return self.lin(x) + torch.tensor([0.25, -0.5])
 
 
+def numpy_values():
+    import argparse
+
+    import numpy as np
+
+    return {
+        "config": {
+            "shift": np.array([[-5.06, -4.13, 0.5]], dtype=np.float32),
+            "counts": np.arange(6, dtype=np.int64).reshape(2, 3),
+            "mask": np.array([True, False]),
+            "big_endian": np.array([1.5, -2.0], dtype=">f4"),
+            "lr": np.float64(0.001),
+            "z": np.complex128(1.5 - 2j),
+            "epochs": np.int32(7),
+            "scale": np.float32(0.25),
+            "flag": np.bool_(True),
+            "dtype": np.dtype("float32"),
+            "names": np.dtype("U3"),
+        },
+        "args": argparse.Namespace(seed=3, mode="train"),
+        "weight": torch.arange(4.0),
+    }
+
+
 def main():
     torch.manual_seed(0)
     whole = WithBuffers()
@@ -74,6 +102,10 @@ def main():
     p = os.path.join(HERE, "traced_constants.ptc")
     torch.jit.save(torch.jit.trace(WithConstant(), torch.ones(1, 2)), p)
     files.append(p)
+    for name, protocol in [("numpy_values.pt", 2), ("numpy_values_p4.pt", 4)]:
+        p = os.path.join(HERE, name)
+        torch.save(numpy_values(), p, pickle_protocol=protocol)
+        files.append(p)
     tool = os.path.join(ROOT, "tests", "python", "describe.py")
     for f in files:
         out = os.path.splitext(f)[0] + ".json"
