@@ -332,6 +332,14 @@ fn probe_driver() -> Availability {
         if e.0 == sys::CUresult::CUDA_ERROR_NO_DEVICE {
             return Availability::Unavailable(NO_DEVICE.to_string());
         }
+        if e.0 == sys::CUresult::CUDA_ERROR_STUB_LIBRARY {
+            return Availability::Unavailable(
+                "the libcuda.so found is the CUDA toolkit's stub, not the driver: remove the \
+                 toolkit's stubs directory from LD_LIBRARY_PATH (the driver's libcuda.so.1 is \
+                 used then) or map storages to cpu"
+                    .to_string(),
+            );
+        }
         return Availability::Unavailable(format!(
             "the CUDA driver failed to initialize (cuInit: {})",
             describe(e)
@@ -471,10 +479,15 @@ impl Ring {
             // SAFETY: plain page-locked host allocation of `slot_bytes` bytes in the current
             // context; the memory is only accessed through the bounds-checked slices below.
             match unsafe { result::malloc_host(self.slot_bytes, 0) } {
-                Ok(host) if !host.is_null() => self.slots.push(Slot {
-                    host: host.cast::<u8>(),
-                    event,
-                }),
+                Ok(host) if !host.is_null() => {
+                    // SAFETY: `host` is a fresh allocation of `slot_bytes` writable bytes;
+                    // zeroing it once means every slice made over it is initialized memory.
+                    unsafe { std::ptr::write_bytes(host.cast::<u8>(), 0, self.slot_bytes) };
+                    self.slots.push(Slot {
+                        host: host.cast::<u8>(),
+                        event,
+                    })
+                }
                 _ => {
                     // SAFETY: the event was just created and never recorded or shared.
                     let _ = unsafe { result::event::destroy(event) };
@@ -619,10 +632,15 @@ fn upload_pageable(
         unsafe { result::memcpy_htod_sync(dst, src) }
             .map_err(|e| format!("cuMemcpyHtoD failed: {}", describe(e)))?;
     }
-    Ok(())
+    // From pageable memory cuMemcpyHtoD may return before the DMA is done (the bytes are in
+    // the driver's staging memory): wait for the legacy stream it ran on.
+    // SAFETY: the null handle names the current context's legacy default stream.
+    unsafe { result::stream::synchronize(std::ptr::null_mut()) }
+        .map_err(|e| format!("cuStreamSynchronize failed: {}", describe(e)))
 }
 
-/// Alignment of storages that share one device allocation (as torch's caching allocator).
+/// Alignment of storages within a shared device allocation, relative to its base (as torch's
+/// caching allocator); `cuMemAlloc` aligns the base itself to at least 256 bytes.
 pub const SHARED_ALIGNMENT: usize = 512;
 
 /// One device allocation (`cuMemAlloc`), freed when the last storage in it is dropped.
@@ -665,8 +683,8 @@ impl Drop for Allocation {
     }
 }
 
-/// A storage in CUDA device memory: its own `cuMemAlloc` allocation, or a 512-byte-aligned
-/// range of one allocation shared with the other storages of its batch (see
+/// A storage in CUDA device memory: its own `cuMemAlloc` allocation, or a range, at a
+/// 512-byte offset, of one allocation shared with the other storages of its batch (see
 /// [`CudaBackend::with_shared_allocations`]). Device memory is freed when the last storage
 /// using the allocation is dropped.
 ///
@@ -880,10 +898,14 @@ impl Backend for CudaBackend {
     }
 }
 
-/// The CUDA backend for the registry, with its ring sized from the environment
-/// ([`RingConfig::from_env`]). Creating it probes nothing; the driver is probed on first use.
+/// The process's CUDA backend for the registry, with its ring sized from the environment
+/// ([`RingConfig::from_env`], read on the first call). Every call returns the same backend,
+/// so loads made through different registries share its device contexts and staging ring
+/// instead of creating them again. Creating it probes nothing; the driver is probed on first
+/// use.
 pub fn backend() -> Arc<dyn Backend> {
-    Arc::new(CudaBackend::new())
+    static SHARED: OnceLock<Arc<CudaBackend>> = OnceLock::new();
+    SHARED.get_or_init(|| Arc::new(CudaBackend::new())).clone()
 }
 
 #[cfg(test)]

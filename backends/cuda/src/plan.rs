@@ -264,6 +264,9 @@ pub(crate) fn with_pool<'a, R>(
                 workers.push(tx);
             }
         }
+        // Only the workers hold reply senders now: should one end without replying, `fill`
+        // gets an error instead of waiting for ever.
+        drop(reply);
         let pool = Pool {
             workers,
             done,
