@@ -754,8 +754,8 @@ impl Interp<'_> {
                 Some(Object::Global(c)),
             ) => (c.to_string(), args),
             // numpy dtypes are instances of one class per kind (numpy >= 1.25).
-            ("numpy.dtype", Some(Object::Str(code))) => match numpy_dtype_class(code) {
-                Some(c) => (format!("numpy.dtypes.{c}"), args),
+            ("numpy.dtype", Some(Object::Str(code))) => match numpy_types(code) {
+                Some((c, _)) => (format!("numpy.dtypes.{c}"), args),
                 None => (class, args),
             },
             // numpy scalars: scalar(dtype, raw bytes). float64 and complex128 are Python float
@@ -764,7 +764,10 @@ impl Interp<'_> {
                 if let Some(value) = numpy_python_scalar(dtype, args.get(1)) {
                     return Ok(value);
                 }
-                match numpy_dtype_code(dtype).and_then(numpy_scalar_type) {
+                match numpy_dtype_code(dtype)
+                    .and_then(numpy_types)
+                    .and_then(|t| t.1)
+                {
                     Some(t) => (format!("numpy.{t}"), args),
                     None => (class, args),
                 }
@@ -1174,59 +1177,41 @@ fn numpy_dtype_big_endian(dtype: &Object) -> bool {
     }
 }
 
-/// `numpy.dtypes` class of a dtype code (numpy 2 names).
-fn numpy_dtype_class(code: &str) -> Option<&'static str> {
-    Some(match code {
-        "b1" => "BoolDType",
-        "i1" => "Int8DType",
-        "i2" => "Int16DType",
-        "i4" => "Int32DType",
-        "i8" => "Int64DType",
-        "u1" => "UInt8DType",
-        "u2" => "UInt16DType",
-        "u4" => "UInt32DType",
-        "u8" => "UInt64DType",
-        "f2" => "Float16DType",
-        "f4" => "Float32DType",
-        "f8" => "Float64DType",
-        "f16" | "f12" => "LongDoubleDType",
-        "c8" => "Complex64DType",
-        "c16" => "Complex128DType",
-        "c32" | "c24" => "CLongDoubleDType",
-        _ => match code.get(..1)? {
-            "O" => "ObjectDType",
-            "U" => "StrDType",
-            "S" => "BytesDType",
-            "V" => "VoidDType",
-            "M" => "DateTime64DType",
-            "m" => "TimeDelta64DType",
-            _ => return None,
-        },
-    })
-}
-
-/// numpy scalar type of a fixed-size dtype code.
-fn numpy_scalar_type(code: &str) -> Option<&'static str> {
-    Some(match code {
-        "b1" => "bool",
-        "i1" => "int8",
-        "i2" => "int16",
-        "i4" => "int32",
-        "i8" => "int64",
-        "u1" => "uint8",
-        "u2" => "uint16",
-        "u4" => "uint32",
-        "u8" => "uint64",
-        "f2" => "float16",
-        "f4" => "float32",
-        "f16" | "f12" => "longdouble",
-        "c8" => "complex64",
-        "c32" | "c24" => "clongdouble",
-        _ => match code.get(..1)? {
-            "M" => "datetime64",
-            "m" => "timedelta64",
-            _ => return None,
-        },
+/// numpy's classes for a dtype code: the `numpy.dtypes` class of the dtype (numpy 2 names)
+/// and the scalar type of its values where that is a numpy type (float64 and complex128
+/// scalars are Python floats and complexes; flexible codes have none).
+fn numpy_types(code: &str) -> Option<(&'static str, Option<&'static str>)> {
+    const FIXED: &[(&str, &str, Option<&str>)] = &[
+        ("b1", "BoolDType", Some("bool")),
+        ("i1", "Int8DType", Some("int8")),
+        ("i2", "Int16DType", Some("int16")),
+        ("i4", "Int32DType", Some("int32")),
+        ("i8", "Int64DType", Some("int64")),
+        ("u1", "UInt8DType", Some("uint8")),
+        ("u2", "UInt16DType", Some("uint16")),
+        ("u4", "UInt32DType", Some("uint32")),
+        ("u8", "UInt64DType", Some("uint64")),
+        ("f2", "Float16DType", Some("float16")),
+        ("f4", "Float32DType", Some("float32")),
+        ("f8", "Float64DType", None),
+        ("f12", "LongDoubleDType", Some("longdouble")),
+        ("f16", "LongDoubleDType", Some("longdouble")),
+        ("c8", "Complex64DType", Some("complex64")),
+        ("c16", "Complex128DType", None),
+        ("c24", "CLongDoubleDType", Some("clongdouble")),
+        ("c32", "CLongDoubleDType", Some("clongdouble")),
+    ];
+    if let Some(&(_, dtype, scalar)) = FIXED.iter().find(|e| e.0 == code) {
+        return Some((dtype, scalar));
+    }
+    Some(match code.get(..1)? {
+        "O" => ("ObjectDType", None),
+        "U" => ("StrDType", None),
+        "S" => ("BytesDType", None),
+        "V" => ("VoidDType", None),
+        "M" => ("DateTime64DType", Some("datetime64")),
+        "m" => ("TimeDelta64DType", Some("timedelta64")),
+        _ => return None,
     })
 }
 
