@@ -30,7 +30,7 @@ pub enum Error {
         /// Which pickle (record name).
         record: String,
         /// The pickle error, with its byte offset.
-        source: crate::pickle::PickleError,
+        source: crate::format::pickle::PickleError,
     },
     /// The checkpoint names something only an attack would: refused, nothing was run.
     #[error("refusing {record}: it references {global} at pickle byte offset {offset}, which could execute code when loaded; nothing was run. Do not load this file with torch.load(weights_only=False)")]

@@ -27,32 +27,24 @@
 //! [`describe::DescribeOptions`] (all configurable through [`OpenOptions`]).
 #![warn(missing_docs)]
 
-pub mod archive;
-pub mod checkpoint;
-#[cfg(feature = "conformance")]
-pub mod conformance;
 pub mod describe;
-pub mod dtype;
+mod device;
 mod error;
-pub mod host;
-pub mod interpret;
-pub mod legacy;
-pub mod load;
-pub mod map_location;
-pub mod model;
-pub mod modules;
-pub mod pickle;
-pub mod registry;
-pub mod safety;
+pub mod format;
 pub mod save;
-pub mod source;
-pub mod sparse;
-pub mod torchscript;
+mod torch;
 
-pub use checkpoint::{ArchiveInfo, ByteOrder, Checkpoint, Format, LoadEndianness, OpenOptions};
-pub use dtype::DType;
+#[cfg(feature = "conformance")]
+pub use device::conformance;
+pub use device::registry;
+pub use torch::{dtype, model};
+
+pub use device::load::{CpuMode, LoadReport, Loaded, Loader, StorageReport};
+pub use device::map_location::MapLocation;
+pub use device::registry::Registry;
 pub use error::{Error, Result};
-pub use load::{CpuMode, LoadReport, Loaded, Loader, StorageReport};
-pub use map_location::MapLocation;
-pub use model::{Object, Storage, Tensor};
-pub use registry::Registry;
+pub use torch::checkpoint::{
+    ArchiveInfo, ByteOrder, Checkpoint, Format, LoadEndianness, OpenOptions,
+};
+pub use torch::dtype::DType;
+pub use torch::model::{Object, Storage, Tensor};

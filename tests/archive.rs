@@ -1,6 +1,6 @@
 //! ptfile's own zip reader against the zip crate, on every zip fixture, and on damage.
 
-use ptfile::archive::{Archive, Method};
+use ptfile::format::zip::{Archive, Method};
 
 fn fixtures() -> Vec<std::path::PathBuf> {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");

@@ -111,7 +111,7 @@ fn assert_same(name: &str, what: &str, a: &Value, b: &Value) {
 /// right, `version` and `byteorder` as torch writes them.
 fn check_zip_layout(path: &Path) {
     let bytes = std::fs::read(path).unwrap();
-    let archive = ptfile::archive::Archive::open(ptfile::source::Source::from_vec(bytes.clone()))
+    let archive = ptfile::format::zip::Archive::open(ptfile::format::source::Source::from_vec(bytes.clone()))
         .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let names: Vec<&str> = archive.records().iter().map(|r| r.name.as_str()).collect();
     let n_data = names.iter().filter(|n| n.starts_with("data/")).count();

@@ -4,5 +4,5 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let _ = ptfile::archive::Archive::from_bytes(data.to_vec());
+    let _ = ptfile::format::zip::Archive::from_bytes(data.to_vec());
 });

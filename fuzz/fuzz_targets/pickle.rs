@@ -4,5 +4,5 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let _ = ptfile::pickle::parse(data, &ptfile::pickle::Limits::default());
+    let _ = ptfile::format::pickle::parse(data, &ptfile::format::pickle::Limits::default());
 });

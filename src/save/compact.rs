@@ -3,7 +3,7 @@
 //! of a 999-element storage writes 5 elements, as `clone()` before `torch.save` would.
 
 use crate::error::{Error, Result};
-use crate::model::{Object, Storage, Tensor};
+use crate::torch::model::{Object, Storage, Tensor};
 
 /// The byte range of an input storage that is written as the output storage.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -15,7 +15,7 @@ pub(crate) struct Window {
 }
 
 /// Deepest nesting the writer follows (the reader accepts 512 levels by default).
-pub(crate) const MAX_DEPTH: usize = crate::model::MAX_TREE_DEPTH;
+pub(crate) const MAX_DEPTH: usize = crate::torch::model::MAX_TREE_DEPTH;
 
 /// A view of a storage met in the object tree.
 pub(crate) enum View<'a> {

@@ -6,7 +6,7 @@
 use std::io::Write;
 
 use crate::error::Result;
-use crate::pickle::PickleWriter;
+use crate::format::pickle::PickleWriter;
 
 use super::pickler;
 use super::{io_err, StorageSource, Written};

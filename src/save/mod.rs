@@ -45,10 +45,10 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::checkpoint::Checkpoint;
+use crate::device::map_location::MapLocation;
 use crate::error::{Error, Result};
-use crate::map_location::MapLocation;
-use crate::model::{Object, Storage};
+use crate::torch::checkpoint::Checkpoint;
+use crate::torch::model::{Object, Storage};
 
 pub use state_dict::{Element, StateDict, TensorData};
 
@@ -166,7 +166,7 @@ impl std::fmt::Debug for SaveOptions {
 
 /// The storages an object tree's tensors view, with their bytes.
 pub trait StorageSource {
-    /// The storages ([`crate::model::Tensor::storage`] indexes this list).
+    /// The storages ([`crate::torch::model::Tensor::storage`] indexes this list).
     fn storages(&self) -> &[Storage];
     /// The bytes of storage `i`, little-endian, `storages()[i].nbytes` long.
     fn storage_bytes(&self, i: usize) -> Result<Cow<'_, [u8]>>;
@@ -243,11 +243,11 @@ pub fn archive_name_for(path: &Path) -> String {
 }
 
 /// Refuses a tree that shares structure so much that writing it out would multiply it
-/// ([`crate::model::is_amplified`]: a pickle memo bomb). torch's pickler memoizes containers
+/// ([`crate::torch::model::is_amplified`]: a pickle memo bomb). torch's pickler memoizes containers
 /// by identity and would write such a tree once; this writer writes containers out in full
 /// (strings and globals alone are memoized), so it stops before doing any work.
 fn refuse_amplified(root: &Object, what: &str) -> Result<()> {
-    match crate::model::is_amplified(root) {
+    match crate::torch::model::is_amplified(root) {
         Some((u, e)) => Err(Error::Unsupported {
             what: format!(
                 "the object tree shares structure: its {u} objects expand to {} nodes when written out (a memo bomb)",

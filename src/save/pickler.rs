@@ -4,10 +4,10 @@
 
 use std::collections::HashMap;
 
-use crate::dtype::DType;
 use crate::error::{Error, Result};
-use crate::model::{key_text, Object, QTensor, SparseTensor, Storage, Tensor};
-use crate::pickle::{decimal_to_bigint, PickleWriter};
+use crate::format::pickle::{decimal_to_bigint, PickleWriter};
+use crate::torch::dtype::DType;
+use crate::torch::model::{key_text, Object, QTensor, SparseTensor, Storage, Tensor};
 
 use super::compact::{Window, MAX_DEPTH};
 use super::{SaveOptions, StorageSource};
@@ -629,7 +629,7 @@ impl Pickler<'_> {
             return Ok(false);
         }
         let bytes = self.src.storage_bytes(i)?;
-        let v = crate::describe::elements_i64(idx, &bytes);
+        let v = crate::torch::elements::elements_i64(idx, &bytes);
         let (ndim, nnz) = (idx.shape[0] as usize, idx.shape[1] as usize);
         if v.len() != ndim * nnz {
             return Ok(false);

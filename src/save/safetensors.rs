@@ -13,9 +13,9 @@ use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
-use crate::dtype::DType;
 use crate::error::{Error, Result};
-use crate::model::{key_text, Object, Tensor};
+use crate::torch::dtype::DType;
+use crate::torch::model::{key_text, Object, Tensor};
 
 use super::atomic;
 use super::compact::MAX_DEPTH;
@@ -131,7 +131,7 @@ fn flatten<'a>(o: &'a Object, path: String, depth: usize, out: &mut Flat<'a>) ->
         Object::ScriptModule(_) | Object::Storage(_) | Object::Cycle => out.refused.push(format!(
             "{} ({})",
             place(&path),
-            crate::interpret::type_name(o)
+            crate::torch::interpret::type_name(o)
         )),
         _ => out.others.push((path, o)),
     }
@@ -166,7 +166,9 @@ impl safetensors::View for &StView<'_> {
             return Cow::Borrowed(&self.bytes[start..start + self.len]);
         }
         let mut v = Vec::with_capacity(self.len);
-        crate::describe::for_each_element(t, |o| v.extend_from_slice(&self.bytes[o..o + es]));
+        crate::torch::elements::for_each_element(t, |o| {
+            v.extend_from_slice(&self.bytes[o..o + es])
+        });
         Cow::Owned(v)
     }
     fn data_len(&self) -> usize {
@@ -277,7 +279,7 @@ fn repr(o: &Object, top: bool) -> String {
         },
         Object::Named(n) => n.to_string(),
         Object::Global(g) => format!("<class '{g}'>"),
-        other => format!("<{}>", crate::interpret::type_name(other)),
+        other => format!("<{}>", crate::torch::interpret::type_name(other)),
     }
 }
 
@@ -337,7 +339,7 @@ pub(crate) fn save(
         return Err(Error::Unsupported {
             what: format!(
                 "safetensors holds a dict of tensors; the object to save is of type {}",
-                crate::interpret::type_name(root)
+                crate::torch::interpret::type_name(root)
             ),
             location: "the root object".into(),
             hint: "save a dict (a state dict) of tensors".into(),
@@ -367,7 +369,7 @@ pub(crate) fn save(
                     format!(
                         "{} ({})",
                         if p.is_empty() { "<root>" } else { p },
-                        crate::interpret::type_name(o)
+                        crate::torch::interpret::type_name(o)
                     )
                 })
                 .collect();

@@ -6,9 +6,9 @@ use std::sync::Arc;
 
 use half::slice::HalfFloatSliceExt;
 
-use crate::dtype::DType;
 use crate::error::{Error, Result};
-use crate::model::{Object, OrderedDict, Storage, Tensor};
+use crate::torch::dtype::DType;
+use crate::torch::model::{Object, OrderedDict, Storage, Tensor};
 
 use super::{save, SaveOptions, SaveReport, StorageSource};
 
@@ -289,7 +289,7 @@ impl StorageSource for StateDict<'_> {
             .bytes();
         if cfg!(target_endian = "big") {
             let mut v = b.to_vec();
-            crate::checkpoint::swap_in_place(&mut v, self.storages[i].dtype.swap_unit());
+            crate::torch::checkpoint::swap_in_place(&mut v, self.storages[i].dtype.swap_unit());
             return Ok(Cow::Owned(v));
         }
         Ok(Cow::Borrowed(b))

@@ -1,10 +1,11 @@
 //! Sparse tensors: the dense equivalent (for descriptions and conversion), computed with
 //! bounds-checked indices.
 
-use crate::checkpoint::Checkpoint;
-use crate::describe::{elements_i64, StorageBytes};
+use std::borrow::Cow;
+
 use crate::error::{Error, Result};
-use crate::model::SparseTensor;
+use crate::torch::elements::{elements_i64, for_each_element};
+use crate::torch::model::SparseTensor;
 
 /// Largest dense equivalent built, in bytes (and largest values or index tensor read).
 const MAX_DENSE: u64 = 256 << 20;
@@ -12,8 +13,11 @@ const MAX_DENSE: u64 = 256 << 20;
 const MAX_PART_ELEMS: u64 = 8 << 20;
 
 /// The dense equivalent of `s` as little-endian bytes (row-major).
-pub fn to_dense(s: &SparseTensor, ckpt: &Checkpoint, bytes: &dyn StorageBytes) -> Result<Vec<u8>> {
-    let _ = ckpt;
+/// `bytes(i)` gives the little-endian bytes of storage `i`.
+pub fn to_dense<'b>(
+    s: &SparseTensor,
+    bytes: &dyn Fn(usize) -> Result<Cow<'b, [u8]>>,
+) -> Result<Vec<u8>> {
     let values = s
         .parts
         .last()
@@ -50,12 +54,12 @@ pub fn to_dense(s: &SparseTensor, ckpt: &Checkpoint, bytes: &dyn StorageBytes) -
         .filter(|&t| t <= MAX_DENSE)
         .ok_or_else(|| too_large("the dense equivalent"))?;
     let mut dense = vec![0u8; total as usize];
-    let vb = bytes.storage_bytes(values.storage.unwrap_or(0))?;
+    let vb = bytes(values.storage.unwrap_or(0))?;
     let bad = || Error::invalid("sparse index out of range", s.layout.clone());
     // Each value's bytes, row-major over the values tensor.
     let mut vals: Vec<&[u8]> = Vec::new();
     let mut missing = false;
-    crate::describe::for_each_element(values, |o| match vb.get(o..o.saturating_add(es)) {
+    for_each_element(values, |o| match vb.get(o..o.saturating_add(es)) {
         Some(b) => vals.push(b),
         None => missing = true,
     });
@@ -74,7 +78,7 @@ pub fn to_dense(s: &SparseTensor, ckpt: &Checkpoint, bytes: &dyn StorageBytes) -
         let v = vals.get(block).ok_or_else(bad)?;
         let o = usize::try_from(flat_elem.saturating_mul(es as u64)).unwrap_or(usize::MAX);
         let dst = dense.get_mut(o..o.saturating_add(es)).ok_or_else(bad)?;
-        if acc && values.dtype.kind() == crate::dtype::Kind::Float && es == 4 {
+        if acc && values.dtype.kind() == crate::torch::dtype::Kind::Float && es == 4 {
             let a = f32::from_le_bytes([dst[0], dst[1], dst[2], dst[3]]);
             let b = f32::from_le_bytes([v[0], v[1], v[2], v[3]]);
             dst.copy_from_slice(&(a + b).to_le_bytes());
@@ -87,7 +91,7 @@ pub fn to_dense(s: &SparseTensor, ckpt: &Checkpoint, bytes: &dyn StorageBytes) -
     match layout {
         "sparse_coo" => {
             let idx_t = &s.parts[0];
-            let ib = bytes.storage_bytes(idx_t.storage.unwrap_or(0))?;
+            let ib = bytes(idx_t.storage.unwrap_or(0))?;
             let idx = elements_i64(idx_t, &ib);
             let ndim = idx_t.shape.first().copied().unwrap_or(0).max(0) as usize;
             let nnz = idx_t.shape.get(1).copied().unwrap_or(0).max(0) as usize;
@@ -111,8 +115,8 @@ pub fn to_dense(s: &SparseTensor, ckpt: &Checkpoint, bytes: &dyn StorageBytes) -
         }
         "sparse_csr" | "sparse_csc" if s.shape.len() == 2 => {
             let (ct, pt) = (&s.parts[0], &s.parts[1]);
-            let cb = bytes.storage_bytes(ct.storage.unwrap_or(0))?;
-            let pb = bytes.storage_bytes(pt.storage.unwrap_or(0))?;
+            let cb = bytes(ct.storage.unwrap_or(0))?;
+            let pb = bytes(pt.storage.unwrap_or(0))?;
             let comp = elements_i64(ct, &cb);
             let plain = elements_i64(pt, &pb);
             let csr = layout == "sparse_csr";

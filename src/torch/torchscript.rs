@@ -16,14 +16,15 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use crate::archive::Archive;
-use crate::checkpoint::{
-    archive_info, byteorder_of, locate_storages, parse_record, Checkpoint, Format, OpenOptions,
-};
 use crate::error::{Error, Result};
-use crate::interpret::{interpret, StorageTable, ZipPersistentLoad};
-use crate::model::{name_text, Object, OrderedDict, ScriptModule};
-use crate::modules::{join_path, Detacher};
+use crate::format::zip::Archive;
+use crate::torch::checkpoint::{Checkpoint, Format, OpenOptions};
+use crate::torch::interpret::{interpret, StorageTable};
+use crate::torch::model::{name_text, Object, OrderedDict, ScriptModule};
+use crate::torch::nn_module::{join_path, Detacher};
+use crate::torch::zip::{
+    archive_info, byteorder_of, locate_storages, parse_record, ZipPersistentLoad,
+};
 
 /// Largest code file read (bytes, after inflating).
 const MAX_CODE_FILE: u64 = 64 << 20;
@@ -144,7 +145,7 @@ pub fn open(archive: Archive, opts: &OpenOptions) -> Result<Checkpoint> {
             return Err(Error::invalid(
                 format!(
                     "data.pkl holds a {}, expected a __torch__ module object",
-                    crate::interpret::type_name(other)
+                    crate::torch::interpret::type_name(other)
                 ),
                 format!("{prefix}/data.pkl"),
             ))

@@ -10,7 +10,7 @@
 //! (tensor metadata), `pickle` (the object, whose persistent ids are keys of those tables) and
 //! `sys_info`.
 //!
-//! Every pickle goes through [`crate::interpret::interpret`] (which refuses attack globals),
+//! Every pickle goes through [`crate::torch::interpret::interpret`] (which refuses attack globals),
 //! every length and count read from the file is checked against the bytes that remain, and
 //! storage bytes stay in the map: only their ranges are recorded.
 
@@ -18,15 +18,15 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::checkpoint::{ArchiveInfo, ByteOrder, Checkpoint, Format, OpenOptions};
-use crate::dtype::DType;
 use crate::error::{Error, Result};
-use crate::interpret::{
+use crate::format::pickle;
+use crate::format::source::Source;
+use crate::torch::checkpoint::{ArchiveInfo, ByteOrder, Checkpoint, Format, OpenOptions};
+use crate::torch::dtype::DType;
+use crate::torch::interpret::{
     interpret, storage_class_dtype, storage_nbytes, type_name, PersistentLoad, StorageTable,
 };
-use crate::model::{Object, Storage, Tensor};
-use crate::pickle;
-use crate::source::Source;
+use crate::torch::model::{Object, Storage, Tensor};
 
 /// The legacy format's magic number, `0x1950a86a20f9469cfc6c`, in decimal.
 const MAGIC_DECIMAL: &str = "119547037146038801333356";
@@ -122,7 +122,7 @@ fn read_i64(bytes: &[u8], pos: usize, what: &str) -> Result<i64> {
 /// Longest storage key or location tag accepted (torch writes short ones: `"0"`,
 /// `"94388423548768"`, `"cuda:0"`); a longer one is refused before it is copied, so each
 /// persistent id costs O(1) however long the strings the file shares between them.
-const MAX_TAG: usize = crate::interpret::MAX_LOCATION;
+const MAX_TAG: usize = crate::torch::interpret::MAX_LOCATION;
 
 /// The length in bytes of a str, bytes or big int (0 for other objects).
 fn raw_len(o: &Object) -> usize {

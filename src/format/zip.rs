@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::io::Read;
 
 use crate::error::{Error, Result};
-use crate::source::Source;
+use crate::format::source::Source;
 
 /// How a record is stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

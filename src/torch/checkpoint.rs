@@ -1,15 +1,13 @@
-//! Opening a checkpoint: format dispatch (as `torch.load` does), metadata parse, and access to
-//! each storage's bytes. Opening parses metadata only; storage bytes stay in the map.
+//! The checkpoint types: what an open checkpoint holds (format, object tree, storages, byte
+//! order, archive metadata) and each storage's bytes. The readers live beside it.
 
 use std::borrow::Cow;
-use std::path::Path;
 
-use crate::archive::{is_zip, Archive};
 use crate::error::{Error, Result};
-use crate::interpret::{interpret, InterpretOptions, StorageTable, ZipPersistentLoad};
-use crate::model::{Object, Storage};
-use crate::pickle::{self, Limits};
-use crate::source::Source;
+use crate::format::pickle::Limits;
+use crate::format::source::Source;
+use crate::torch::interpret::{InterpretOptions, StorageTable};
+use crate::torch::model::{Object, Storage};
 
 /// Byte order of the storages in a file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -111,52 +109,7 @@ pub struct Checkpoint {
     source: Source,
 }
 
-const MAX_PICKLE: u64 = 1 << 32;
-
 impl Checkpoint {
-    /// Opens a checkpoint file with default options.
-    pub fn open(path: impl AsRef<Path>) -> Result<Checkpoint> {
-        Checkpoint::open_with(path, &OpenOptions::default())
-    }
-
-    /// Opens a checkpoint file.
-    pub fn open_with(path: impl AsRef<Path>, opts: &OpenOptions) -> Result<Checkpoint> {
-        let source = Source::open(path.as_ref())?;
-        Checkpoint::from_source(source, opts)
-    }
-
-    /// Opens a checkpoint held in memory.
-    pub fn from_bytes(data: Vec<u8>) -> Result<Checkpoint> {
-        Checkpoint::from_source(Source::from_vec(data), &OpenOptions::default())
-    }
-
-    /// Opens a checkpoint from a [`Source`].
-    pub fn from_source(source: Source, opts: &OpenOptions) -> Result<Checkpoint> {
-        let bytes = source.bytes();
-        if bytes.is_empty() {
-            return Err(Error::format(
-                "empty file",
-                "byte 0",
-                "the file is not a PyTorch checkpoint (it has no bytes)",
-            ));
-        }
-        if is_zip(bytes) {
-            let archive = Archive::open(source.clone())?;
-            if archive.record("constants.pkl").is_some() {
-                return crate::torchscript::open(archive, opts);
-            }
-            return open_zip(archive, opts);
-        }
-        if bytes.starts_with(b"PYTORCH1") {
-            return Err(Error::Unsupported {
-                what: "a PyTorch preview-release archive (PYTORCH1)".into(),
-                location: "byte 0".into(),
-                hint: "re-save it with a current torch".into(),
-            });
-        }
-        crate::legacy::open(source, opts)
-    }
-
     /// Assembles a checkpoint; container readers call this after filling storage data ranges.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn assemble(
@@ -248,125 +201,4 @@ pub fn swap_in_place(v: &mut [u8], unit: usize) {
             c.reverse();
         }
     }
-}
-
-/// Reads the byteorder record per torch's rules.
-pub(crate) fn byteorder_of(
-    archive: &Archive,
-    opts: &OpenOptions,
-) -> Result<(ByteOrder, Option<String>)> {
-    let rec = archive.text("byteorder")?;
-    let bo = match rec.as_deref() {
-        Some("little") => ByteOrder::Little,
-        Some("big") => ByteOrder::Big,
-        Some(other) => {
-            return Err(Error::invalid(
-                format!("unknown byte order {other:?} (expected little or big)"),
-                format!("{}/byteorder", archive.prefix()),
-            ))
-        }
-        None => match opts.endianness {
-            LoadEndianness::Default | LoadEndianness::Little => ByteOrder::Little,
-            LoadEndianness::Big => ByteOrder::Big,
-            LoadEndianness::Native => {
-                if cfg!(target_endian = "big") {
-                    ByteOrder::Big
-                } else {
-                    ByteOrder::Little
-                }
-            }
-        },
-    };
-    Ok((bo, rec))
-}
-
-/// Parses one pickle record of an archive.
-pub(crate) fn parse_record(
-    archive: &Archive,
-    name: &str,
-    opts: &OpenOptions,
-) -> Result<pickle::Pickle> {
-    let rec = archive.record(name).ok_or_else(|| {
-        Error::format(
-            format!("no {name} record"),
-            format!("archive folder {:?}", archive.prefix()),
-            "the zip is not a torch.save checkpoint",
-        )
-    })?;
-    let bytes = archive.read_bounded(rec, MAX_PICKLE)?;
-    pickle::parse(&bytes, &opts.limits).map_err(|source| Error::Pickle {
-        record: format!("{}/{}", archive.prefix(), name),
-        source,
-    })
-}
-
-/// Reads the metadata records of a zip archive.
-pub(crate) fn archive_info(
-    archive: &Archive,
-    byteorder_record: Option<String>,
-) -> Result<ArchiveInfo> {
-    let version = match archive.text(".data/version")? {
-        Some(v) => Some(v),
-        None => archive.text("version")?,
-    };
-    Ok(ArchiveInfo {
-        prefix: archive.prefix().to_string(),
-        version,
-        format_version: archive.text(".format_version")?,
-        storage_alignment: archive.text(".storage_alignment")?,
-        serialization_id: archive.text(".data/serialization_id")?,
-        byteorder_record,
-    })
-}
-
-/// Fills each storage's data range from its record (`data/<key>`, `constants/<key>`).
-pub(crate) fn locate_storages(archive: &Archive, table: &mut StorageTable) -> Result<()> {
-    let found: Vec<(String, usize)> = table.records().map(|(r, i)| (r.to_string(), i)).collect();
-    for (record, i) in found {
-        let rec = archive.record(&record).ok_or_else(|| {
-            Error::invalid(
-                format!(
-                    "record {record} of storage {:?} is missing",
-                    table.storages[i].key
-                ),
-                format!("{}/{}", archive.prefix(), record),
-            )
-        })?;
-        if rec.method != crate::archive::Method::Stored {
-            return Err(Error::Unsupported {
-                what: format!("storage record {record} is compressed"),
-                location: format!("{}/{}", archive.prefix(), record),
-                hint: "torch writes storages stored; re-save the checkpoint with torch.save".into(),
-            });
-        }
-        table.storages[i].data = Some((rec.offset, rec.size));
-    }
-    Ok(())
-}
-
-fn open_zip(archive: Archive, opts: &OpenOptions) -> Result<Checkpoint> {
-    let (byteorder, bo_rec) = byteorder_of(&archive, opts)?;
-    let info = archive_info(&archive, bo_rec)?;
-    let p = parse_record(&archive, "data.pkl", opts)?;
-    let mut table = StorageTable::default();
-    let record = format!("{}/data.pkl", archive.prefix());
-    let root = interpret(
-        &p,
-        &record,
-        &mut ZipPersistentLoad { dir: "data" },
-        &mut table,
-        &opts.interpret,
-    )?;
-    locate_storages(&archive, &mut table)?;
-    let records = archive.listing();
-    Checkpoint::assemble(
-        Format::Zip,
-        root,
-        table,
-        byteorder,
-        p.protocol,
-        info,
-        records,
-        archive.source().clone(),
-    )
 }

@@ -266,6 +266,10 @@ impl DType {
     pub fn safetensors_name(self) -> Option<&'static str> {
         self.e().safetensors
     }
+    /// Whether this is an unsigned quantized dtype (quint8, quint4x2, quint2x4).
+    pub fn is_unsigned_quantized(self) -> bool {
+        self.kind() == Kind::Quantized && self.scalar_type().starts_with("QU")
+    }
     /// Whether tensors of this dtype can carry data (not a shell dtype).
     pub fn is_shell(self) -> bool {
         self.0 as usize >= 33

@@ -40,12 +40,12 @@ use std::sync::Arc;
 use ptfile_backend::{BackendError, DeviceStorage, FileSpan, StorageDesc};
 use serde_json::{json, Map, Value};
 
-use crate::checkpoint::{ByteOrder, Checkpoint, LoadEndianness, OpenOptions};
 use crate::describe::StorageBytes;
+use crate::device::map_location::MapLocation;
+use crate::device::registry::Registry;
 use crate::error::{Error, Result};
-use crate::map_location::MapLocation;
-use crate::registry::Registry;
-use crate::source::Source;
+use crate::format::source::Source;
+use crate::torch::checkpoint::{ByteOrder, Checkpoint, LoadEndianness, OpenOptions};
 
 /// How CPU storages are held.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -320,7 +320,7 @@ impl Loader {
             .collect();
         // Route every storage; batch those a backend serves directly.
         let mut batches: BTreeMap<(usize, usize), Vec<usize>> = BTreeMap::new();
-        let mut single: Vec<(usize, crate::registry::Route)> = Vec::new();
+        let mut single: Vec<(usize, crate::device::registry::Route)> = Vec::new();
         let mut fallback: Vec<(usize, String)> = Vec::new();
         for (i, rep) in reports.iter().enumerate() {
             match self.registry.route(&rep.location) {
@@ -446,7 +446,7 @@ impl Loader {
         if self.cpu_mode == CpuMode::Mapped && ckpt.byteorder == ByteOrder::Little {
             return which.iter().map(|&i| Ok((i, mapped(ckpt, i)?))).collect();
         }
-        let bufs = crate::host::load_cpu(ckpt, which)?;
+        let bufs = crate::device::cpu::load_cpu(ckpt, which)?;
         Ok(which
             .iter()
             .copied()

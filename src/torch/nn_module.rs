@@ -3,12 +3,12 @@
 //!
 //! The walk is bounded however the file shares its objects: at most [`MAX_MODULES`] modules,
 //! [`MAX_ENTRIES`] dict entries looked at and [`MAX_ITEMS`] items, key paths of at most about
-//! [`crate::model::MAX_PATH`] bytes made of segments of at most
-//! [`crate::model::MAX_NAME_TEXT`] characters each.
+//! [`crate::torch::model::MAX_PATH`] bytes made of segments of at most
+//! [`crate::torch::model::MAX_NAME_TEXT`] characters each.
 
 use std::collections::{HashMap, HashSet};
 
-use crate::model::{name_text, Object, MAX_PATH};
+use crate::torch::model::{name_text, Object, MAX_PATH};
 
 /// Most modules walked (nesting and count), so a hostile tree costs little.
 const MAX_MODULES: usize = 100_000;

@@ -9,8 +9,8 @@ use std::any::Any;
 
 use ptfile_backend::{BackendError, DeviceStorage};
 
-use crate::checkpoint::{swap_in_place, ByteOrder, Checkpoint};
 use crate::error::{Error, Result};
+use crate::torch::checkpoint::{swap_in_place, ByteOrder, Checkpoint};
 
 /// Storages at least this large get their own huge-page mapping.
 const MAP_MIN: usize = 2 << 20;

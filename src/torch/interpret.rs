@@ -1,15 +1,15 @@
-//! The torch layer: interprets a parsed pickle ([`crate::pickle::Pickle`]) as torch's
+//! The torch layer: interprets a parsed pickle ([`crate::format::pickle::Pickle`]) as torch's
 //! unpickler would, without calling anything. Globals resolve against torch's own rebuild
 //! functions and types; unknown classes stay opaque; attack globals refuse the file.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use crate::dtype::DType;
 use crate::error::{Error, Result};
-use crate::model::{Object, Opaque, OrderedDict, QTensor, SparseTensor, Storage, Tensor};
-use crate::pickle::{bigint_to_decimal, Call, CallKind, Node, NodeId, Pickle};
-use crate::safety;
+use crate::format::pickle::{bigint_to_decimal, Call, CallKind, Node, NodeId, Pickle};
+use crate::torch::denylist;
+use crate::torch::dtype::DType;
+use crate::torch::model::{Object, Opaque, OrderedDict, QTensor, SparseTensor, Storage, Tensor};
 
 /// The storages of a checkpoint, deduplicated by record.
 #[derive(Debug, Default, Clone)]
@@ -30,10 +30,6 @@ impl StorageTable {
         self.by_record.insert(record, i);
         i
     }
-    /// Index of the storage of `record`, if known.
-    pub fn get(&self, record: &str) -> Option<usize> {
-        self.by_record.get(record).copied()
-    }
     /// Record names with their storage index.
     pub fn records(&self) -> impl Iterator<Item = (&str, usize)> {
         self.by_record.iter().map(|(k, v)| (k.as_str(), *v))
@@ -45,13 +41,6 @@ impl StorageTable {
 pub trait PersistentLoad {
     /// Interprets one persistent id (already converted to objects).
     fn load(&mut self, pid: &Object, table: &mut StorageTable, at: &str) -> Result<Object>;
-}
-
-/// The persistent ids of `torch.save` zip files and TorchScript archives:
-/// `('storage', StorageClass, key, location, numel)`, data in `<dir>/<key>`.
-pub struct ZipPersistentLoad {
-    /// Record folder: `data` (data.pkl) or `constants` (TorchScript constants.pkl).
-    pub dir: &'static str,
 }
 
 /// Longest storage key or location accepted (torch writes `"0"` and `"cuda:0"`).
@@ -95,84 +84,6 @@ pub fn storage_nbytes(numel: i64, dtype: Option<DType>, at: &str) -> Result<u64>
         .ok_or_else(|| Error::invalid(format!("storage size {numel} x {es} bytes overflows"), at))
 }
 
-impl PersistentLoad for ZipPersistentLoad {
-    fn load(&mut self, pid: &Object, table: &mut StorageTable, at: &str) -> Result<Object> {
-        let items = match pid {
-            Object::Tuple(t) => t.clone(),
-            other => {
-                return Err(Error::invalid(
-                    format!(
-                        "persistent id is a {}, expected ('storage', type, key, location, numel)",
-                        type_name(other)
-                    ),
-                    at,
-                ))
-            }
-        };
-        if items.len() != 5 || items[0].as_str() != Some("storage") {
-            return Err(Error::invalid(
-                format!(
-                    "persistent id has {} items, expected ('storage', type, key, location, numel)",
-                    items.len()
-                ),
-                at,
-            ));
-        }
-        let dtype = storage_class_dtype(&items[1], at)?;
-        let key = match &items[2] {
-            Object::Str(s) if s.len() > MAX_LOCATION => {
-                return Err(Error::invalid(
-                    format!("storage key longer than {MAX_LOCATION} bytes"),
-                    at,
-                ))
-            }
-            Object::Str(s) => s.to_string(),
-            Object::Int(i) => i.to_string(),
-            other => {
-                return Err(Error::invalid(
-                    format!("storage key is a {}", type_name(other)),
-                    at,
-                ))
-            }
-        };
-        if key.is_empty()
-            || key.contains('/')
-            || key.contains('\\')
-            || key.contains("..")
-            || key.contains('\0')
-        {
-            return Err(Error::invalid(
-                format!("storage key {key:?} is not a plain name"),
-                at,
-            ));
-        }
-        let location = items[3]
-            .as_str()
-            .ok_or_else(|| Error::invalid("storage location is not a str", at))?;
-        if location.len() > MAX_LOCATION || key.len() > MAX_LOCATION {
-            return Err(Error::invalid(
-                format!("storage key or location longer than {MAX_LOCATION} bytes"),
-                at,
-            ));
-        }
-        let location = location.to_string();
-        let numel = items[4]
-            .as_int()
-            .ok_or_else(|| Error::invalid("storage size is not an int", at))?;
-        let nbytes = storage_nbytes(numel, dtype, at)?;
-        let record = format!("{}/{}", self.dir, key);
-        let idx = table.intern(record, || Storage {
-            key,
-            dtype: dtype.unwrap_or(DType::UINT8),
-            location,
-            nbytes,
-            data: None,
-            typed: dtype.is_some(),
-        });
-        Ok(Object::Storage(idx))
-    }
-}
-
 /// Options of the interpreter.
 #[derive(Debug, Clone)]
 pub struct InterpretOptions {
@@ -190,7 +101,7 @@ impl Default for InterpretOptions {
 pub fn check_globals(p: &Pickle, record: &str) -> Result<()> {
     for n in p.nodes() {
         match n {
-            Node::Global(g) if safety::denied(&g.module, &g.name) => {
+            Node::Global(g) if denylist::denied(&g.module, &g.name) => {
                 return Err(Error::Unsafe {
                     global: format!("{}.{}", g.module, g.name),
                     record: record.to_string(),
@@ -338,7 +249,7 @@ impl Interp<'_> {
                 .iter()
                 .map(|p| match p {
                     PathSeg::Index(i) => i.to_string(),
-                    PathSeg::Key(k) => crate::model::key_text(k),
+                    PathSeg::Key(k) => crate::torch::model::key_text(k),
                 })
                 .collect();
             s.push_str(&segs.join("."));
@@ -461,7 +372,7 @@ impl Interp<'_> {
     fn global_name(&self, id: NodeId) -> Option<(String, String)> {
         match self.p.node(id) {
             Node::Global(g) => Some((
-                safety::canonical_module(&g.module).to_string(),
+                denylist::canonical_module(&g.module).to_string(),
                 g.name.to_string(),
             )),
             _ => None,
@@ -476,7 +387,7 @@ impl Interp<'_> {
             }
             other => Err(self.invalid(format!(
                 "call arguments are a {}, not a tuple",
-                crate::pickle::kind_name(other)
+                crate::format::pickle::kind_name(other)
             ))),
         }
     }
@@ -1128,7 +1039,7 @@ fn latin1(s: &str) -> Option<Vec<u8>> {
 
 /// What a global means when used as a value (not called).
 fn global_value(module: &str, name: &str) -> Object {
-    let module = safety::canonical_module(module);
+    let module = denylist::canonical_module(module);
     if module == "torch" {
         if let Some(d) = DType::from_name(name) {
             return Object::Dtype(d);

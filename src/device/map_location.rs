@@ -5,7 +5,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
-use crate::model::Storage;
+use crate::torch::model::Storage;
 use ptfile_backend::Location;
 
 /// A function form of map_location: returns the new location, or None for "as saved"
@@ -122,7 +122,7 @@ fn check(loc: &str) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dtype::DType;
+    use crate::torch::dtype::DType;
 
     fn st() -> Storage {
         Storage {

@@ -16,41 +16,41 @@ use std::sync::Arc;
 
 use ptfile_backend::{Availability, Backend, StorageDesc};
 
-use crate::checkpoint::Checkpoint;
-use crate::load::Loader;
-use crate::map_location::MapLocation;
-use crate::registry::{CpuBackend, Registry};
+use crate::device::load::Loader;
+use crate::device::map_location::MapLocation;
+use crate::device::registry::{CpuBackend, Registry};
+use crate::torch::checkpoint::Checkpoint;
 
 /// The files the suite loads: (name, bytes, what it checks).
 const FILES: &[(&str, &[u8], &str)] = &[
     (
         "dtypes_all",
-        include_bytes!("../tests/fixtures/dtypes_all.pt"),
+        include_bytes!("../../tests/fixtures/dtypes_all.pt"),
         "every dtype",
     ),
     (
         "layouts",
-        include_bytes!("../tests/fixtures/layouts.pt"),
+        include_bytes!("../../tests/fixtures/layouts.pt"),
         "views sharing a storage, 0-d, empty, stride 0",
     ),
     (
         "seed_views",
-        include_bytes!("../tests/fixtures/seed_views.pt"),
+        include_bytes!("../../tests/fixtures/seed_views.pt"),
         "two views of one storage",
     ),
     (
         "byteorder_big",
-        include_bytes!("../tests/fixtures/byteorder_big.pt"),
+        include_bytes!("../../tests/fixtures/byteorder_big.pt"),
         "big-endian source",
     ),
     (
         "cuda_multi_gpu",
-        include_bytes!("../tests/fixtures/cuda_multi_gpu.pt"),
+        include_bytes!("../../tests/fixtures/cuda_multi_gpu.pt"),
         "cuda:0 and cuda:1 tags remapped",
     ),
     (
         "custom_ipu",
-        include_bytes!("../tests/fixtures/custom_ipu.pt"),
+        include_bytes!("../../tests/fixtures/custom_ipu.pt"),
         "a custom-device tag remapped",
     ),
 ];
