@@ -64,6 +64,56 @@ pub enum Error {
     /// A storage could not be put where it was asked to go, in strict mode or without a fallback.
     #[error("{0}")]
     Device(String),
+    /// A storage could not be placed on the device map_location chose, and strict mode (or a
+    /// failure of the CPU itself) forbids falling back. `source` is the backend's own error
+    /// when a backend refused (out of memory differs from a missing driver); `None` when no
+    /// backend serves the location at all.
+    #[error("cannot deserialize storage {key:?} (saved on {saved_location}) on {location}: {reason}. {hint}")]
+    Placement {
+        /// The storage's key.
+        key: String,
+        /// Its saved location tag.
+        saved_location: String,
+        /// Where map_location sent it.
+        location: String,
+        /// Why it could not go there.
+        reason: String,
+        /// What to do.
+        hint: String,
+        /// The backend's error, when a backend refused.
+        #[source]
+        source: Option<ptfile_backend::BackendError>,
+    },
+    /// No tensor has the name asked for; `close` lists a few names that do exist.
+    #[error("no tensor named {name:?}{}", suggestions(close))]
+    NoTensor {
+        /// The name asked for.
+        name: String,
+        /// Close names, best first (at most 5).
+        close: Vec<String>,
+    },
+    /// A tensor's elements were asked for as a Rust type other than its dtype (ptfile never
+    /// casts silently).
+    #[error("tensor {name:?} is {dtype}, not {requested}: ask for its own element type (to_vec::<{rust}>()) and convert explicitly")]
+    DTypeMismatch {
+        /// The tensor's name.
+        name: String,
+        /// Its dtype (`float32`).
+        dtype: String,
+        /// The dtype of the Rust type asked for.
+        requested: String,
+        /// The Rust type matching the tensor's dtype, or `?` when none does.
+        rust: &'static str,
+    },
+    /// A tensor's data cannot be given in the form asked for (a borrowed slice of a view that
+    /// is not contiguous, aligned and little-endian; a tensor without storage).
+    #[error("tensor {name:?}: {what}")]
+    View {
+        /// The tensor's name.
+        name: String,
+        /// What is not possible, and what to use instead.
+        what: String,
+    },
     /// A usage error of the API or CLI (bad map_location, unknown device name) (exit code 2).
     #[error("{0}")]
     Usage(String),
@@ -74,6 +124,9 @@ pub enum Error {
         path: PathBuf,
         /// What failed.
         what: String,
+        /// The OS error, when one caused it.
+        #[source]
+        source: Option<std::io::Error>,
     },
 }
 
@@ -82,7 +135,11 @@ impl Error {
     /// invalid, unsafe or unsupported checkpoint.
     pub fn exit_code(&self) -> i32 {
         match self {
-            Error::Io { .. } | Error::Usage(_) => 2,
+            Error::Io { .. }
+            | Error::Usage(_)
+            | Error::NoTensor { .. }
+            | Error::DTypeMismatch { .. }
+            | Error::View { .. } => 2,
             _ => 1,
         }
     }
@@ -104,6 +161,14 @@ impl Error {
             location: location.into(),
             hint,
         }
+    }
+}
+
+fn suggestions(close: &[String]) -> String {
+    if close.is_empty() {
+        String::new()
+    } else {
+        format!("; close names: {}", close.join(", "))
     }
 }
 

@@ -42,9 +42,17 @@ pub use torch::{dtype, model};
 pub use device::load::{CpuMode, LoadReport, Loaded, Loader, StorageReport};
 pub use device::map_location::MapLocation;
 pub use device::registry::Registry;
+pub use device::tensor::LoadedTensor;
 pub use error::{Error, Result};
 pub use torch::checkpoint::{
     ArchiveInfo, ByteOrder, Checkpoint, Format, LoadEndianness, OpenOptions,
 };
 pub use torch::dtype::DType;
 pub use torch::model::{Object, Storage, Tensor};
+pub use torch::tensor::{Element, TensorView};
+
+pub use bytemuck;
+pub use half;
+/// The backend contract (`ptfile-backend`), re-exported: implement [`backend::Backend`] to
+/// register a device of your own.
+pub use ptfile_backend as backend;

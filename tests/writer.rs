@@ -111,8 +111,9 @@ fn assert_same(name: &str, what: &str, a: &Value, b: &Value) {
 /// right, `version` and `byteorder` as torch writes them.
 fn check_zip_layout(path: &Path) {
     let bytes = std::fs::read(path).unwrap();
-    let archive = ptfile::format::zip::Archive::open(ptfile::format::source::Source::from_vec(bytes.clone()))
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let archive =
+        ptfile::format::zip::Archive::open(ptfile::format::source::Source::from_vec(bytes.clone()))
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let names: Vec<&str> = archive.records().iter().map(|r| r.name.as_str()).collect();
     let n_data = names.iter().filter(|n| n.starts_with("data/")).count();
     let mut want = vec![
@@ -621,10 +622,7 @@ fn non_contiguous_and_shared_views_export_to_safetensors_as_copies() {
             "{name}"
         );
         // Element bytes in row-major order equal the original view's.
-        let sb = ckpt.storage_bytes(t.storage.unwrap()).unwrap();
-        let es = t.dtype.element_size();
-        let mut elems = Vec::new();
-        ptfile::describe::for_each_element(&t, |o| elems.extend_from_slice(&sb[o..o + es]));
+        let elems = ckpt.tensor(&name).unwrap().to_bytes().unwrap();
         assert_eq!(v.data(), &elems[..], "{name}");
     }
 }

@@ -41,10 +41,10 @@ use ptfile_backend::{BackendError, DeviceStorage, FileSpan, StorageDesc};
 use serde_json::{json, Map, Value};
 
 use crate::describe::StorageBytes;
+use crate::device::cpu::MappedStorage;
 use crate::device::map_location::MapLocation;
 use crate::device::registry::Registry;
 use crate::error::{Error, Result};
-use crate::format::source::Source;
 use crate::torch::checkpoint::{ByteOrder, Checkpoint, LoadEndianness, OpenOptions};
 
 /// How CPU storages are held.
@@ -201,39 +201,6 @@ impl StorageBytes for Loaded {
     }
 }
 
-/// A CPU storage borrowed from the memory-mapped file.
-#[derive(Debug)]
-pub struct MappedStorage {
-    source: Source,
-    offset: u64,
-    len: u64,
-}
-
-impl MappedStorage {
-    /// The bytes.
-    pub fn bytes(&self) -> &[u8] {
-        self.source.slice(self.offset, self.len).unwrap_or(&[])
-    }
-}
-
-impl DeviceStorage for MappedStorage {
-    fn location(&self) -> String {
-        "cpu".into()
-    }
-    fn nbytes(&self) -> usize {
-        self.len as usize
-    }
-    fn read_to_host(&self, dst: &mut [u8]) -> std::result::Result<(), BackendError> {
-        ptfile_backend::copy_to_host("cpu", self.bytes(), dst)
-    }
-    fn host_bytes(&self) -> Option<&[u8]> {
-        Some(self.bytes())
-    }
-    fn as_any(&self) -> &dyn std::any::Any {
-        self
-    }
-}
-
 /// Bytes per batch handed to a backend when they must be byte-swapped first (bounds the
 /// host copies of a big-endian file).
 const SWAP_BATCH: u64 = 256 << 20;
@@ -321,21 +288,20 @@ impl Loader {
         // Route every storage; batch those a backend serves directly.
         let mut batches: BTreeMap<(usize, usize), Vec<usize>> = BTreeMap::new();
         let mut single: Vec<(usize, crate::device::registry::Route)> = Vec::new();
-        let mut fallback: Vec<(usize, String)> = Vec::new();
+        let mut fallback: Vec<(usize, String, Option<BackendError>)> = Vec::new();
         for (i, rep) in reports.iter().enumerate() {
             match self.registry.route(&rep.location) {
-                Err(refusal) => fallback.push((i, refusal.reason)),
+                Err(refusal) => fallback.push((i, refusal.reason, None)),
                 Ok(route) if !route.packages.is_empty() => single.push((i, route)),
                 Ok(route) => match route.backend {
                     Ok(key) => batches.entry(key).or_default().push(i),
-                    Err(reason) => fallback.push((i, reason)),
+                    Err(reason) => fallback.push((i, reason, None)),
                 },
             }
         }
-        if self.strict {
-            if let Some((i, reason)) = fallback.first() {
-                return Err(self.strict_error(&reports[*i], reason));
-            }
+        if self.strict && !fallback.is_empty() {
+            let (i, reason, source) = fallback.swap_remove(0);
+            return Err(placement(&reports[i], reason, source));
         }
         let mut done = 0u64;
         for (i, route) in single {
@@ -360,7 +326,7 @@ impl Loader {
             };
             match r {
                 Ok(st) => slots[i] = Some(st),
-                Err(reason) => fallback.push((i, reason)),
+                Err(reason) => fallback.push((i, reason, None)),
             }
             done += s.nbytes;
             progress(done);
@@ -369,10 +335,9 @@ impl Loader {
             let Some(backend) = self.registry.entry_backend(entry).cloned() else {
                 continue;
             };
-            let is_cpu = backend.device_type() == "cpu";
-            if is_cpu {
-                for (i, st) in self.cpu_storages(&ckpt, &members)? {
-                    slots[i] = Some(st);
+            if backend.device_type() == "cpu" && self.maps(&ckpt) {
+                for &i in &members {
+                    slots[i] = Some(Box::new(MappedStorage::of(&ckpt, i)?));
                     done += ckpt.storages[i].nbytes;
                 }
                 progress(done);
@@ -392,12 +357,16 @@ impl Loader {
                 for (&i, r) in group.iter().zip(results) {
                     match r {
                         Ok(st) => slots[i] = Some(st),
+                        // The CPU is where storages fall back to: its failure is final.
+                        Err(e) if backend.device_type() == "cpu" => {
+                            return Err(placement(&reports[i], e.to_string(), Some(e)));
+                        }
                         Err(e) => {
-                            let reason = match e {
-                                BackendError::Unavailable { reason, .. } => reason,
+                            let reason = match &e {
+                                BackendError::Unavailable { reason, .. } => reason.clone(),
                                 other => other.to_string(),
                             };
-                            fallback.push((i, reason));
+                            fallback.push((i, reason, Some(e)));
                         }
                     }
                     done += ckpt.storages[i].nbytes;
@@ -405,18 +374,18 @@ impl Loader {
                 progress(done);
             }
         }
-        if self.strict {
-            if let Some((i, reason)) = fallback.first() {
-                return Err(self.strict_error(&reports[*i], reason));
-            }
+        if self.strict && !fallback.is_empty() {
+            let (i, reason, source) = fallback.swap_remove(0);
+            return Err(placement(&reports[i], reason, source));
         }
-        // Fall back to the CPU.
-        fallback.sort_by_key(|(i, _)| *i);
-        let which: Vec<usize> = fallback.iter().map(|(i, _)| *i).collect();
+        // Fall back to the CPU, through the registry's CPU backend (a user's own when one is
+        // registered), or borrowed from the map in mapped mode.
+        fallback.sort_by_key(|f| f.0);
+        let which: Vec<usize> = fallback.iter().map(|f| f.0).collect();
         for (i, st) in self.cpu_storages(&ckpt, &which)? {
             slots[i] = Some(st);
         }
-        for (i, reason) in fallback {
+        for (i, reason, _) in fallback {
             reports[i].fallback = Some(reason);
         }
         let storages: Vec<Box<dyn DeviceStorage>> = slots
@@ -436,32 +405,75 @@ impl Loader {
         })
     }
 
-    /// CPU storages: borrowed from the map (mapped mode, little-endian file) or read in
-    /// parallel into owned memory.
+    /// Whether CPU storages borrow the file's map: mapped mode and a little-endian file.
+    fn maps(&self, ckpt: &Checkpoint) -> bool {
+        self.cpu_mode == CpuMode::Mapped && ckpt.byteorder == ByteOrder::Little
+    }
+
+    /// CPU storages for `which` (the fallback): borrowed from the map (mapped mode,
+    /// little-endian file) or materialized by the registry's CPU backend (the built-in one
+    /// when the registry has none).
     fn cpu_storages(
         &self,
         ckpt: &Checkpoint,
         which: &[usize],
     ) -> Result<Vec<(usize, Box<dyn DeviceStorage>)>> {
-        if self.cpu_mode == CpuMode::Mapped && ckpt.byteorder == ByteOrder::Little {
-            return which.iter().map(|&i| Ok((i, mapped(ckpt, i)?))).collect();
+        if self.maps(ckpt) {
+            return which
+                .iter()
+                .map(|&i| {
+                    Ok((
+                        i,
+                        Box::new(MappedStorage::of(ckpt, i)?) as Box<dyn DeviceStorage>,
+                    ))
+                })
+                .collect();
         }
-        let bufs = crate::device::cpu::load_cpu(ckpt, which)?;
-        Ok(which
-            .iter()
-            .copied()
-            .zip(
-                bufs.into_iter()
-                    .map(|b| Box::new(b) as Box<dyn DeviceStorage>),
-            )
-            .collect())
+        let builtin: Arc<dyn ptfile_backend::Backend> =
+            Arc::new(crate::device::registry::CpuBackend);
+        let backend = self.registry.backend("cpu").unwrap_or(&builtin);
+        let mut out = Vec::with_capacity(which.len());
+        for group in groups(ckpt, which) {
+            let bytes: Vec<Cow<'_, [u8]>> = group
+                .iter()
+                .map(|&i| ckpt.storage_bytes(i))
+                .collect::<Result<_>>()?;
+            let items: Vec<(StorageDesc<'_>, &[u8])> = group
+                .iter()
+                .zip(&bytes)
+                .map(|(&i, b)| (desc_of(ckpt, i), &b[..]))
+                .collect();
+            for (&i, r) in group.iter().zip(backend.materialize_many(Some(0), &items)) {
+                let st = r.map_err(|e| {
+                    let s = &ckpt.storages[i];
+                    Error::Placement {
+                        key: s.key.clone(),
+                        saved_location: s.location.clone(),
+                        location: "cpu".into(),
+                        reason: format!("falling back to the CPU failed: {e}"),
+                        hint: "free memory or map the storage elsewhere".into(),
+                        source: Some(e),
+                    }
+                })?;
+                out.push((i, st));
+            }
+        }
+        Ok(out)
     }
+}
 
-    fn strict_error(&self, r: &StorageReport, reason: &str) -> Error {
-        Error::Device(format!(
-            "cannot deserialize storage {:?} (saved on {}) on {}: {reason}. Use map_location (e.g. --map-location cpu or --map-location {}=cpu) to map storages to an existing device, or drop strict mode to fall back to the CPU",
-            r.key, r.saved_location, r.location, r.saved_location
-        ))
+/// The error of a storage that cannot go where map_location sent it.
+fn placement(r: &StorageReport, reason: String, source: Option<BackendError>) -> Error {
+    Error::Placement {
+        key: r.key.clone(),
+        saved_location: r.saved_location.clone(),
+        location: r.location.clone(),
+        reason,
+        hint: format!(
+            "Use map_location (e.g. --map-location cpu or --map-location {}=cpu) to map storages to an existing device, or drop strict mode to fall back to the CPU",
+            r.saved_location
+        ),
+        source,
     }
 }
 
@@ -475,26 +487,14 @@ fn desc_of(ckpt: &Checkpoint, i: usize) -> StorageDesc<'_> {
         }
         _ => None,
     };
-    StorageDesc {
-        key: &s.key,
-        dtype: s.dtype.name(),
-        element_size: s.dtype.element_size(),
-        nbytes: s.nbytes as usize,
-        saved_location: &s.location,
-        file,
-    }
-}
-
-fn mapped(ckpt: &Checkpoint, i: usize) -> Result<Box<dyn DeviceStorage>> {
-    let s = &ckpt.storages[i];
-    let (off, _) = s
-        .data
-        .ok_or_else(|| Error::invalid("storage has no data", format!("storage {:?}", s.key)))?;
-    Ok(Box::new(MappedStorage {
-        source: ckpt.source().clone(),
-        offset: off,
-        len: s.nbytes,
-    }))
+    StorageDesc::new(
+        &s.key,
+        s.dtype.name(),
+        s.dtype.element_size(),
+        s.nbytes as usize,
+        &s.location,
+    )
+    .with_file(file)
 }
 
 /// Splits a batch so that byte-swapped (owned) copies stay bounded; little-endian batches

@@ -8,3 +8,4 @@ pub(crate) mod cpu;
 pub mod load;
 pub mod map_location;
 pub mod registry;
+pub mod tensor;

@@ -15,6 +15,16 @@ fn werr(path: &Path, what: impl std::fmt::Display) -> Error {
     Error::Write {
         path: path.to_path_buf(),
         what: what.to_string(),
+        source: None,
+    }
+}
+
+/// A write error caused by `e`, which stays its source.
+fn werr_io(path: &Path, context: impl std::fmt::Display, e: std::io::Error) -> Error {
+    Error::Write {
+        path: path.to_path_buf(),
+        what: format!("{context}: {e}"),
+        source: Some(e),
     }
 }
 
@@ -41,9 +51,10 @@ pub(crate) fn temp_beside(path: &Path) -> Result<tempfile::NamedTempFile> {
         .suffix(".ptfile-tmp")
         .tempfile_in(&dir)
         .map_err(|e| {
-            werr(
+            werr_io(
                 path,
-                format!("cannot create a temporary file in {}: {e}", dir.display()),
+                format!("cannot create a temporary file in {}", dir.display()),
+                e,
             )
         })
 }
@@ -60,15 +71,11 @@ pub(crate) fn finish_path(tmp: tempfile::TempPath, f: File, path: &Path, sync: b
     set_permissions(&f, path);
     if sync {
         f.sync_all()
-            .map_err(|e| werr(path, format!("flushing to disk: {e}")))?;
+            .map_err(|e| werr_io(path, "flushing to disk", e))?;
     }
     drop(f);
-    tmp.persist(path).map_err(|e| {
-        werr(
-            path,
-            format!("renaming the temporary file into place: {}", e.error),
-        )
-    })?;
+    tmp.persist(path)
+        .map_err(|e| werr_io(path, "renaming the temporary file into place", e.error))?;
     if sync {
         sync_dir(&parent_dir(path));
     }
@@ -85,7 +92,7 @@ pub(crate) fn write<T>(
     let out = {
         let mut w = BufWriter::with_capacity(BUFFER, tmp.as_file());
         let out = body(&mut w)?;
-        w.flush().map_err(|e| werr(path, e))?;
+        w.flush().map_err(|e| werr_io(path, "writing", e))?;
         out
     };
     finish(tmp, path, sync)?;

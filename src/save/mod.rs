@@ -203,6 +203,7 @@ pub(crate) fn io_err(what: &str, e: std::io::Error) -> Error {
     Error::Write {
         path: PathBuf::from(what),
         what: e.to_string(),
+        source: Some(e),
     }
 }
 
@@ -216,6 +217,7 @@ pub(crate) fn window_slice<'b>(
     end.and_then(|e| data.get(s.start as usize..e as usize))
         .ok_or_else(|| Error::Write {
             path: PathBuf::from(what),
+            source: None,
             what: format!(
                 "storage {} has {} bytes, fewer than the {} its tensors need from byte {}",
                 s.input,

@@ -462,6 +462,7 @@ pub(crate) fn save(
             if hi > bytes.len() as u64 {
                 return Err(Error::Write {
                     path: path.to_path_buf(),
+                    source: None,
                     what: format!(
                         "tensor {name} reaches byte {hi} of a storage of {} bytes",
                         bytes.len()
@@ -480,6 +481,7 @@ pub(crate) fn save(
             })
             .ok_or_else(|| Error::Write {
                 path: path.to_path_buf(),
+                source: None,
                 what: format!(
                     "tensor {name} is a view that repeats its {}-byte storage far beyond its size; make it contiguous in torch first if that is meant",
                     bytes.len()
@@ -510,6 +512,7 @@ pub(crate) fn save(
     safetensors::tensor::serialize_to_file(refs, Some(metadata), &tmp).map_err(|e| {
         Error::Write {
             path: path.to_path_buf(),
+            source: None,
             what: format!("safetensors: {e}"),
         }
     })?;
@@ -520,6 +523,7 @@ pub(crate) fn save(
         .map_err(|e| Error::Write {
             path: path.to_path_buf(),
             what: e.to_string(),
+            source: Some(e),
         })?;
     let bytes = f.metadata().map(|m| m.len()).unwrap_or(0);
     atomic::finish_path(tmp, f, path, opts.sync)?;

@@ -4,61 +4,12 @@ use std::borrow::Cow;
 use std::path::Path;
 use std::sync::Arc;
 
-use half::slice::HalfFloatSliceExt;
-
 use crate::error::{Error, Result};
 use crate::torch::dtype::DType;
 use crate::torch::model::{Object, OrderedDict, Storage, Tensor};
+pub use crate::torch::tensor::Element;
 
 use super::{save, SaveOptions, SaveReport, StorageSource};
-
-mod sealed {
-    pub trait Sealed {}
-}
-
-/// A Rust element type with a torch dtype: `f32`, `f64`, `half::f16`, `half::bf16`, `i8`,
-/// `i16`, `i32`, `i64`, `u8`, `u16`, `u32`, `u64`, `bool`.
-pub trait Element: sealed::Sealed + Copy + Send + Sync + 'static {
-    /// torch's name of the dtype (`float32`).
-    const DTYPE: &'static str;
-    /// The elements' bytes in host order, without copying.
-    fn as_bytes(s: &[Self]) -> &[u8];
-    /// The torch dtype.
-    fn dtype() -> DType {
-        DType::from_name(Self::DTYPE).expect("every Element names a dtype of the table")
-    }
-}
-
-macro_rules! pod_element {
-    ($($t:ty => $n:expr),*) => {$(
-        impl sealed::Sealed for $t {}
-        impl Element for $t {
-            const DTYPE: &'static str = $n;
-            fn as_bytes(s: &[Self]) -> &[u8] {
-                bytemuck::cast_slice(s)
-            }
-        }
-    )*};
-}
-
-pod_element!(f32 => "float32", f64 => "float64", i8 => "int8", i16 => "int16", i32 => "int32",
-    i64 => "int64", u8 => "uint8", u16 => "uint16", u32 => "uint32", u64 => "uint64", bool => "bool");
-
-impl sealed::Sealed for half::f16 {}
-impl Element for half::f16 {
-    const DTYPE: &'static str = "float16";
-    fn as_bytes(s: &[Self]) -> &[u8] {
-        bytemuck::cast_slice(s.reinterpret_cast())
-    }
-}
-
-impl sealed::Sealed for half::bf16 {}
-impl Element for half::bf16 {
-    const DTYPE: &'static str = "bfloat16";
-    fn as_bytes(s: &[Self]) -> &[u8] {
-        bytemuck::cast_slice(s.reinterpret_cast())
-    }
-}
 
 /// Owned element buffers kept as their own type (a `Vec<f32>` cannot become a `Vec<u8>`
 /// without copying).

@@ -107,6 +107,8 @@ pub struct Checkpoint {
     /// warnings), printed by `ptfile inspect`.
     pub notes: Vec<String>,
     source: Source,
+    /// Tensors by name, built on first use of [`Checkpoint::tensor`].
+    pub(crate) tensor_index: std::sync::OnceLock<std::sync::Arc<crate::torch::tensor::TensorIndex>>,
 }
 
 impl Checkpoint {
@@ -153,6 +155,7 @@ impl Checkpoint {
             records,
             notes: Vec::new(),
             source,
+            tensor_index: Default::default(),
         })
     }
 
