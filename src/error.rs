@@ -172,5 +172,34 @@ fn suggestions(close: &[String]) -> String {
     }
 }
 
+impl From<crate::format::FormatError> for Error {
+    fn from(e: crate::format::FormatError) -> Error {
+        use crate::format::FormatError as F;
+        match e {
+            F::Io { path, source } => Error::Io { path, source },
+            F::Format {
+                what,
+                location,
+                hint,
+            } => Error::Format {
+                what,
+                location,
+                hint,
+            },
+            F::Invalid { what, location } => Error::Invalid { what, location },
+            F::Unsupported {
+                what,
+                location,
+                hint,
+            } => Error::Unsupported {
+                what,
+                location,
+                hint,
+            },
+            // (FormatError is non_exhaustive for users; every variant is matched here)
+        }
+    }
+}
+
 /// Result alias.
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -21,8 +21,8 @@ pub fn human_with(ckpt: &Checkpoint, opts: &DescribeOptions) -> String {
         ckpt.format.name(),
         ckpt.protocol,
         match ckpt.byteorder {
-            crate::ByteOrder::Little => "little",
-            crate::ByteOrder::Big => "big",
+            crate::torch::checkpoint::ByteOrder::Little => "little",
+            crate::torch::checkpoint::ByteOrder::Big => "big",
         }
     );
     if !ckpt.info.prefix.is_empty() {

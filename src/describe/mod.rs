@@ -124,7 +124,7 @@ pub fn describe_with(
     }
     Ok(json!({
         "format": ckpt.format.name(),
-        "byteorder": match ckpt.byteorder { crate::ByteOrder::Little => "little", crate::ByteOrder::Big => "big" },
+        "byteorder": match ckpt.byteorder { crate::torch::checkpoint::ByteOrder::Little => "little", crate::torch::checkpoint::ByteOrder::Big => "big" },
         "pickle_protocol": ckpt.protocol,
         "root": root_v,
         "storages": storages,

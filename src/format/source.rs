@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use crate::error::{Error, Result};
+use super::{FormatError as Error, Result};
 
 /// The bytes of a checkpoint: a read-only memory map of a file, or owned bytes.
 /// Cloning is cheap (shared).
@@ -43,8 +43,10 @@ impl Source {
         }
         // SAFETY: the map is read-only and private to this process. The invariant memmap2
         // needs is that no one truncates or rewrites the file while it is mapped; like every
-        // mmap-based loader (torch's mmap=True, safetensors) we document that checkpoints must
-        // not be modified while open. Every access is bounds-checked against `len()`.
+        // mmap-based loader (torch's mmap=True, safetensors) ptfile documents it on the crate
+        // page ("Files that change while open") and on `Checkpoint::open`. Every access is
+        // bounds-checked against `len()`.
+        #[allow(unsafe_code)]
         let map = unsafe { memmap2::MmapOptions::new().map(&file) }.map_err(io)?;
         Ok(Source(Arc::new(Backing::Map(map, file))))
     }

@@ -8,8 +8,8 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::io::Read;
 
-use crate::error::{Error, Result};
-use crate::format::source::Source;
+use super::source::Source;
+use super::{FormatError as Error, Result};
 
 /// How a record is stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -108,7 +108,7 @@ pub struct Checkpoint {
     pub notes: Vec<String>,
     source: Source,
     /// Tensors by name, built on first use of [`Checkpoint::tensor`].
-    pub(crate) tensor_index: std::sync::OnceLock<std::sync::Arc<crate::torch::tensor::TensorIndex>>,
+    pub(crate) tensor_index: std::sync::OnceLock<std::sync::Arc<crate::torch::walk::TensorIndex>>,
 }
 
 impl Checkpoint {

@@ -220,13 +220,70 @@ static TABLE: &[Entry] = &[
     e!("int7", "Int7", 1, Opaque, false, None),
 ];
 
+/// Whether two strs are equal, in a const context.
+const fn same(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
+    let mut i = 0;
+    while i < a.len() {
+        if a[i] != b[i] {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
+
+/// The table entry named `name`, found at compile time (a name missing from the table fails
+/// the build, so the constants below cannot drift from the table).
+const fn named(name: &str) -> DType {
+    let mut i = 0;
+    while i < TABLE.len() {
+        if same(TABLE[i].name, name) {
+            return DType(i as u8);
+        }
+        i += 1;
+    }
+    panic!("a DType constant names a dtype missing from the table")
+}
+
 impl DType {
-    /// float32.
-    pub const FLOAT32: DType = DType(1);
+    /// float64 (`torch.double`).
+    pub const FLOAT64: DType = named("float64");
+    /// float32 (`torch.float`).
+    pub const FLOAT32: DType = named("float32");
+    /// float16 (`torch.half`).
+    pub const FLOAT16: DType = named("float16");
     /// bfloat16.
-    pub const BFLOAT16: DType = DType(3);
+    pub const BFLOAT16: DType = named("bfloat16");
+    /// int64 (`torch.long`).
+    pub const INT64: DType = named("int64");
+    /// int32 (`torch.int`).
+    pub const INT32: DType = named("int32");
+    /// int16 (`torch.short`).
+    pub const INT16: DType = named("int16");
+    /// int8.
+    pub const INT8: DType = named("int8");
     /// uint8 (the dtype of untyped storages).
-    pub const UINT8: DType = DType(8);
+    pub const UINT8: DType = named("uint8");
+    /// uint16.
+    pub const UINT16: DType = named("uint16");
+    /// uint32.
+    pub const UINT32: DType = named("uint32");
+    /// uint64.
+    pub const UINT64: DType = named("uint64");
+    /// bool.
+    pub const BOOL: DType = named("bool");
+    /// complex64 (`torch.cfloat`).
+    pub const COMPLEX64: DType = named("complex64");
+    /// complex128 (`torch.cdouble`).
+    pub const COMPLEX128: DType = named("complex128");
+    /// float8_e4m3fn.
+    pub const FLOAT8_E4M3FN: DType = named("float8_e4m3fn");
+    /// float8_e5m2.
+    pub const FLOAT8_E5M2: DType = named("float8_e5m2");
 
     fn e(self) -> &'static Entry {
         &TABLE[self.0 as usize]
@@ -272,7 +329,8 @@ impl DType {
     }
     /// Whether tensors of this dtype can carry data (not a shell dtype).
     pub fn is_shell(self) -> bool {
-        self.0 as usize >= 33
+        // The shell dtypes are the table's tail, from uint1 on.
+        self.0 >= named("uint1").0
     }
     /// Looks up a dtype by torch name or alias (`float32`, `float`, `torch.float32`).
     pub fn from_name(name: &str) -> Option<DType> {

@@ -14,5 +14,5 @@ mod open;
 pub(crate) mod sparse;
 pub mod tensor;
 pub(crate) mod torchscript;
-mod walk;
+pub(crate) mod walk;
 pub(crate) mod zip;

@@ -9,7 +9,10 @@ use crate::format::zip::{is_zip, Archive};
 use crate::torch::checkpoint::{Checkpoint, OpenOptions};
 
 impl Checkpoint {
-    /// Opens a checkpoint file with default options.
+    /// Opens a checkpoint file with default options: the file is mapped read-only and only
+    /// its metadata is parsed. The file must not be truncated or rewritten in place while the
+    /// checkpoint (or a view of it) is alive: see the crate page, "Files that change while
+    /// open".
     pub fn open(path: impl AsRef<Path>) -> Result<Checkpoint> {
         Checkpoint::open_with(path, &OpenOptions::default())
     }

@@ -3,7 +3,6 @@
 //! as bytes, or borrowed where the layout allows; and [`Element`], the Rust element types.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use half::slice::{HalfBitsSliceExt, HalfFloatSliceExt};
@@ -13,6 +12,7 @@ use crate::torch::checkpoint::{ByteOrder, Checkpoint};
 use crate::torch::dtype::DType;
 use crate::torch::elements::{for_each_element, Resolver};
 use crate::torch::model::Tensor;
+use crate::torch::walk::TensorIndex;
 
 mod sealed {
     pub trait Sealed {}
@@ -358,61 +358,6 @@ impl<'a> TensorView<'a> {
             ))
         })
     }
-}
-
-/// The tensors of an object tree by name, built once per checkpoint on first use.
-#[derive(Debug, Default)]
-pub(crate) struct TensorIndex {
-    pub(crate) list: Vec<(Arc<str>, Arc<Tensor>)>,
-    by_name: HashMap<Arc<str>, usize>,
-}
-
-impl TensorIndex {
-    pub(crate) fn build(root: &crate::torch::model::Object) -> TensorIndex {
-        let mut idx = TensorIndex::default();
-        for (name, t) in root.tensors(usize::MAX) {
-            let name: Arc<str> = name.into();
-            let i = idx.list.len();
-            idx.by_name.entry(name.clone()).or_insert(i);
-            idx.list.push((name, t));
-        }
-        idx
-    }
-
-    pub(crate) fn get(&self, name: &str) -> Result<&(Arc<str>, Arc<Tensor>)> {
-        match self.by_name.get(name) {
-            Some(&i) => Ok(&self.list[i]),
-            None => Err(Error::NoTensor {
-                name: name.to_string(),
-                close: close_names(name, self.list.iter().map(|(n, _)| &**n)),
-            }),
-        }
-    }
-}
-
-/// Up to five names close to `name`: by edit distance, then those sharing its last segment.
-fn close_names<'n>(name: &str, names: impl Iterator<Item = &'n str>) -> Vec<String> {
-    let limit = (name.chars().count() / 3).max(2);
-    let last = name.rsplit('.').next().unwrap_or(name);
-    let mut scored: Vec<(usize, &str)> = names
-        .filter_map(|n| {
-            let d = strsim::levenshtein(name, n);
-            if d <= limit {
-                Some((d, n))
-            } else if n.rsplit('.').next() == Some(last) || n.ends_with(name) {
-                Some((limit + 1, n))
-            } else {
-                None
-            }
-        })
-        .collect();
-    scored.sort();
-    scored.dedup_by(|a, b| a.1 == b.1);
-    scored
-        .into_iter()
-        .take(5)
-        .map(|(_, n)| n.to_string())
-        .collect()
 }
 
 impl Checkpoint {

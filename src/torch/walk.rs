@@ -1,7 +1,10 @@
 //! Walks of the object tree: every tensor and every leaf with its dotted key path, whole
 //! pickled modules entered through their state dict.
 
+use std::collections::HashMap;
 use std::sync::Arc;
+
+use crate::error::{Error, Result};
 
 use crate::torch::model::{key_text, Object, Tensor, MAX_PATH};
 use crate::torch::nn_module::module_state_dict;
@@ -103,4 +106,59 @@ impl Object {
         }
         (out, truncated)
     }
+}
+
+/// The tensors of an object tree by name, built once per checkpoint on first use.
+#[derive(Debug, Default)]
+pub(crate) struct TensorIndex {
+    pub(crate) list: Vec<(Arc<str>, Arc<Tensor>)>,
+    by_name: HashMap<Arc<str>, usize>,
+}
+
+impl TensorIndex {
+    pub(crate) fn build(root: &crate::torch::model::Object) -> TensorIndex {
+        let mut idx = TensorIndex::default();
+        for (name, t) in root.tensors(usize::MAX) {
+            let name: Arc<str> = name.into();
+            let i = idx.list.len();
+            idx.by_name.entry(name.clone()).or_insert(i);
+            idx.list.push((name, t));
+        }
+        idx
+    }
+
+    pub(crate) fn get(&self, name: &str) -> Result<&(Arc<str>, Arc<Tensor>)> {
+        match self.by_name.get(name) {
+            Some(&i) => Ok(&self.list[i]),
+            None => Err(Error::NoTensor {
+                name: name.to_string(),
+                close: close_names(name, self.list.iter().map(|(n, _)| &**n)),
+            }),
+        }
+    }
+}
+
+/// Up to five names close to `name`: by edit distance, then those sharing its last segment.
+fn close_names<'n>(name: &str, names: impl Iterator<Item = &'n str>) -> Vec<String> {
+    let limit = (name.chars().count() / 3).max(2);
+    let last = name.rsplit('.').next().unwrap_or(name);
+    let mut scored: Vec<(usize, &str)> = names
+        .filter_map(|n| {
+            let d = strsim::levenshtein(name, n);
+            if d <= limit {
+                Some((d, n))
+            } else if n.rsplit('.').next() == Some(last) || n.ends_with(name) {
+                Some((limit + 1, n))
+            } else {
+                None
+            }
+        })
+        .collect();
+    scored.sort();
+    scored.dedup_by(|a, b| a.1 == b.1);
+    scored
+        .into_iter()
+        .take(5)
+        .map(|(_, n)| n.to_string())
+        .collect()
 }
