@@ -51,6 +51,7 @@ impl StorageBytes for Checkpoint {
 
 /// Options of a description.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct DescribeOptions {
     /// Most nodes the description may have; a shared structure that would expand beyond it is
     /// refused rather than printed (a memo bomb cannot make the output explode).

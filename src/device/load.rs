@@ -49,6 +49,7 @@ use crate::torch::checkpoint::{ByteOrder, Checkpoint, LoadEndianness, OpenOption
 
 /// How CPU storages are held.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub enum CpuMode {
     /// Owned, writable copies (torch.load's default).
     #[default]
@@ -76,6 +77,7 @@ impl Default for Loader {
 
 /// What happened to one storage.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct StorageReport {
     /// Its key in the file.
     pub key: String,
@@ -93,6 +95,7 @@ pub struct StorageReport {
 
 /// What a load did.
 #[derive(Debug, Clone, Default)]
+#[non_exhaustive]
 pub struct LoadReport {
     /// One entry per storage, in the checkpoint's order.
     pub storages: Vec<StorageReport>,

@@ -21,6 +21,7 @@ pub enum ByteOrder {
 /// What to assume when a zip file has no `byteorder` record, mirroring torch's
 /// `set_default_load_endianness`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub enum LoadEndianness {
     /// torch's default (None): little endian.
     #[default]
@@ -35,6 +36,7 @@ pub enum LoadEndianness {
 
 /// The container a checkpoint came in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Format {
     /// `torch.save` zip (torch >= 1.6).
     Zip,
@@ -60,6 +62,7 @@ impl Format {
 
 /// Options for opening a checkpoint.
 #[derive(Debug, Clone, Default)]
+#[non_exhaustive]
 pub struct OpenOptions {
     /// Pickle limits.
     pub limits: Limits,
@@ -71,6 +74,7 @@ pub struct OpenOptions {
 
 /// Metadata records of a zip checkpoint.
 #[derive(Debug, Clone, Default)]
+#[non_exhaustive]
 pub struct ArchiveInfo {
     /// The folder records are under.
     pub prefix: String,

@@ -5,6 +5,7 @@ use std::fmt;
 
 /// How the elements of a dtype are encoded (for printing values and byte swapping).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Kind {
     /// IEEE binary floats (float16/32/64).
     Float,
@@ -28,6 +29,7 @@ pub enum Kind {
 
 /// The part type of a complex dtype.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Part {
     /// float16 halves (complex32).
     F16,
@@ -41,6 +43,7 @@ pub enum Part {
 
 /// The 8-bit float encodings torch has.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Float8 {
     /// float8_e5m2 (IEEE-like, with inf and NaN).
     E5M2,

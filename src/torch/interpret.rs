@@ -730,7 +730,17 @@ impl Interp<'_> {
             Object::List(xs) | Object::Tuple(xs) => xs
                 .iter()
                 .map(|x| match x.as_seq() {
-                    Some([k, v]) => Ok((k.clone(), v.clone())),
+                    Some([k, v]) => {
+                        // Keys of dicts the pickle builds itself are checked by the pickle
+                        // machine, at their opcode; these come from OrderedDict's argument.
+                        if let Some(t) = self.unhashable(k)? {
+                            return Err(self.invalid(format!(
+                                "TypeError: unhashable type: '{t}' (a {t} used as an \
+                                 OrderedDict key; torch.load refuses the file the same way)"
+                            )));
+                        }
+                        Ok((k.clone(), v.clone()))
+                    }
                     _ => Err(self.invalid("OrderedDict item is not a (key, value) pair")),
                 })
                 .collect(),
@@ -738,6 +748,29 @@ impl Interp<'_> {
             Object::OrderedDict(d) => Ok(d.items.clone()),
             other => Err(self.invalid(format!("OrderedDict() of a {}", type_name(other)))),
         }
+    }
+
+    /// Python's type name of `o` when Python cannot hash it (a list, dict, set, bytearray,
+    /// OrderedDict, or a tuple holding one). The tuples looked into are charged to the copy
+    /// budget, so a key shared many times cannot make this quadratic.
+    fn unhashable(&mut self, o: &Object) -> Result<Option<&'static str>> {
+        Ok(match o {
+            Object::List(_) => Some("list"),
+            Object::Dict(_) => Some("dict"),
+            Object::Set(_) => Some("set"),
+            Object::ByteArray(_) => Some("bytearray"),
+            Object::OrderedDict(_) => Some("collections.OrderedDict"),
+            Object::Tuple(xs) => {
+                self.charge(xs.len())?;
+                for x in xs.iter() {
+                    if let Some(t) = self.unhashable(x)? {
+                        return Ok(Some(t));
+                    }
+                }
+                None
+            }
+            _ => None,
+        })
     }
 
     fn bool_arg(&self, o: &Object, what: &str) -> Result<bool> {
@@ -1146,5 +1179,57 @@ fn numpy_python_scalar(dtype: &Object, raw: Option<&Object>) -> Option<Object> {
         ("f8", 8) => Some(Object::Float(f64_at(0)?)),
         ("c16", 16) => Some(Object::Complex(f64_at(0)?, f64_at(8)?)),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::pickle::{parse, Limits};
+
+    struct NoStorages;
+
+    impl PersistentLoad for NoStorages {
+        fn load(&mut self, _: &Object, _: &mut StorageTable, at: &str) -> Result<Object> {
+            Err(Error::invalid("no storages here", at))
+        }
+    }
+
+    fn run(b: &[u8]) -> Result<Object> {
+        let pk = parse(b, &Limits::default()).unwrap_or_else(|e| panic!("{e}"));
+        interpret(
+            &pk,
+            "data.pkl",
+            &mut NoStorages,
+            &mut StorageTable::default(),
+            &InterpretOptions::default(),
+        )
+    }
+
+    /// `OrderedDict([(key, value)])`: keys given in the argument are hashed like those of
+    /// SETITEMS (which the pickle machine refuses at their opcode).
+    #[test]
+    fn ordered_dict_argument_keys_must_be_hashable() {
+        // OrderedDict([([1, 2], 3)])
+        let e = run(b"ccollections\nOrderedDict\n(((K\x01K\x02lK\x03\x86ltR.")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            e.starts_with("TypeError: unhashable type: 'list'") && e.contains("data.pkl"),
+            "{e}"
+        );
+        // OrderedDict([((1, [2]), 3)]): the list inside the tuple.
+        let e = run(b"ccollections\nOrderedDict\n((K\x01(K\x02l\x86K\x03\x86ltR.")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(e.contains("unhashable type: 'list'"), "{e}");
+        // OrderedDict([((1, 2), 3)]) is fine.
+        let o = run(b"ccollections\nOrderedDict\n((K\x01K\x02\x86K\x03\x86ltR.").unwrap();
+        assert!(
+            matches!(&o, Object::OrderedDict(d) if d.items.len() == 1),
+            "{o:?}"
+        );
     }
 }

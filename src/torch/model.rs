@@ -8,6 +8,7 @@ use crate::torch::dtype::DType;
 
 /// A value of the checkpoint's object tree. Cloning is cheap (shared subtrees).
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub enum Object {
     /// `None`.
     None,
@@ -68,6 +69,7 @@ pub enum Object {
 
 /// An OrderedDict.
 #[derive(Debug, Clone, Default)]
+#[non_exhaustive]
 pub struct OrderedDict {
     /// Items in order.
     pub items: Vec<(Object, Object)>,
@@ -77,6 +79,7 @@ pub struct OrderedDict {
 
 /// An object of a class ptfile keeps opaque.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct Opaque {
     /// `module.QualName` of the class (or of the function that would have built it).
     pub class: String,
@@ -106,6 +109,7 @@ impl Opaque {
 
 /// A dense tensor: a view (offset, shape, stride, in elements) over a storage.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct Tensor {
     /// Element type.
     pub dtype: DType,
@@ -147,6 +151,7 @@ impl Tensor {
 
 /// A quantized tensor (`_rebuild_qtensor`).
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct QTensor {
     /// The integer representation, as a dense tensor of the quantized dtype.
     pub int_repr: Tensor,
@@ -166,6 +171,7 @@ pub struct QTensor {
 
 /// A sparse tensor (`_rebuild_sparse_tensor`).
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct SparseTensor {
     /// `torch.sparse_coo`, `torch.sparse_csr`, ...
     pub layout: String,
@@ -177,6 +183,7 @@ pub struct SparseTensor {
 
 /// A TorchScript module: its class and its state dict by dotted name.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct ScriptModule {
     /// The module's class (`__torch__.MyModule`).
     pub class: String,
@@ -188,6 +195,7 @@ pub struct ScriptModule {
 
 /// A storage: one record of raw bytes that tensors view.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct Storage {
     /// The key (`"0"`; in legacy files the saved pointer-like key).
     pub key: String,

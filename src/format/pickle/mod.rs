@@ -31,6 +31,7 @@ pub const FALSE: NodeId = 2;
 
 /// Which opcode created a [`Node::Call`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum CallKind {
     /// `REDUCE`: `callable(*args)`.
     Reduce,
@@ -77,6 +78,7 @@ pub struct Global {
 
 /// One value of the pickle.
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub enum Node {
     /// `None`.
     None,
@@ -125,6 +127,7 @@ pub enum Node {
 
 /// Limits that bound what a pickle can cost. Every one is checked before allocating.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct Limits {
     /// Most nodes the arena may hold.
     pub max_nodes: usize,
@@ -204,6 +207,15 @@ pub enum PickleErrorKind {
     WrongTarget(String),
     /// Out-of-band buffers (`NEXT_BUFFER`, `READONLY_BUFFER`) were used; none are given.
     OutOfBand,
+    /// A value Python cannot hash used as a dict key or set element: Python's unpickler (and
+    /// so `torch.load`) raises `TypeError: unhashable type` at this opcode.
+    Unhashable {
+        /// Python's name of the value's type (`list`, `dict`, `set`, `bytearray`,
+        /// `collections.OrderedDict`); for a tuple, that of the unhashable value inside it.
+        type_name: &'static str,
+        /// `dict key` or `set element`.
+        used_as: &'static str,
+    },
 }
 
 impl fmt::Display for PickleError {
@@ -231,6 +243,11 @@ impl fmt::Display for PickleError {
             OutOfBand => write!(
                 f,
                 "pickle uses out-of-band buffers (protocol 5 NEXT_BUFFER), which a file cannot supply"
+            ),
+            Unhashable { type_name, used_as } => write!(
+                f,
+                "TypeError: unhashable type: '{type_name}' (a {type_name} used as a {used_as}; \
+                 torch.load refuses the file the same way)"
             ),
         }?;
         write!(f, " (pickle byte offset {})", self.offset)
@@ -287,6 +304,9 @@ struct Machine<'a> {
     protocol: u8,
     items: usize,
     bigint_bytes: usize,
+    /// Tuples Python cannot hash (they hold an unhashable value, perhaps in a nested tuple),
+    /// with that value's type name. Tuples never change once built, so this is decided once.
+    unhashable_tuples: HashMap<NodeId, &'static str>,
 }
 
 type R<T> = Result<T, PickleError>;
@@ -305,6 +325,7 @@ impl<'a> Machine<'a> {
             protocol: 0,
             items: 0,
             bigint_bytes: 0,
+            unhashable_tuples: HashMap::new(),
         }
     }
 
@@ -421,8 +442,68 @@ impl<'a> Machine<'a> {
         } else if let Node::Dict(xs) = &node {
             self.count_items(xs.len())?;
         }
+        match &node {
+            Node::Dict(pairs) => self.check_hashable(pairs.iter().map(|p| p.0), "dict key")?,
+            Node::FrozenSet(xs) => self.check_hashable(xs.iter().copied(), "set element")?,
+            _ => {}
+        }
+        let inner = match &node {
+            Node::Tuple(xs) => xs.iter().find_map(|&x| self.unhashable(x)),
+            _ => None,
+        };
         let id = self.add(node)?;
+        if let Some(type_name) = inner {
+            self.unhashable_tuples.insert(id, type_name);
+        }
         self.push(id)
+    }
+
+    /// Python's type name of node `id` when Python cannot hash it (`hash(x)` raises
+    /// `TypeError: unhashable type`), as far as the pickle shows: lists, dicts, sets,
+    /// bytearrays, calls that build one of those (`builtins.set(...)`,
+    /// `collections.OrderedDict()`) and tuples holding any of them. Everything else (objects
+    /// of other classes included) counts as hashable.
+    fn unhashable(&self, id: NodeId) -> Option<&'static str> {
+        match self.node(id) {
+            Node::List(_) => Some("list"),
+            Node::Dict(_) => Some("dict"),
+            Node::Set(_) => Some("set"),
+            Node::ByteArray(_) => Some("bytearray"),
+            Node::Tuple(_) => self.unhashable_tuples.get(&id).copied(),
+            Node::Call(c) => match self.node(c.callable) {
+                Node::Global(g) => match (&*g.module, &*g.name) {
+                    ("builtins" | "__builtin__", "list") => Some("list"),
+                    ("builtins" | "__builtin__", "dict") => Some("dict"),
+                    ("builtins" | "__builtin__", "set") => Some("set"),
+                    ("builtins" | "__builtin__", "bytearray") => Some("bytearray"),
+                    ("collections", "OrderedDict") => Some("collections.OrderedDict"),
+                    _ => None,
+                },
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+
+    /// Refuses, as Python does, a key or element it cannot hash.
+    fn check_hashable(
+        &self,
+        mut ids: impl Iterator<Item = NodeId>,
+        used_as: &'static str,
+    ) -> R<()> {
+        match ids.find_map(|id| self.unhashable(id)) {
+            Some(type_name) => Err(self.err(PickleErrorKind::Unhashable { type_name, used_as })),
+            None => Ok(()),
+        }
+    }
+
+    /// Whether SETITEM(S) on this call result stores keys in a dict (`dict`, `OrderedDict`):
+    /// then they must be hashable. Other classes' `__setitem__` may take anything.
+    fn is_dict_call(&self, c: &Call) -> bool {
+        matches!(self.node(c.callable), Node::Global(g) if matches!(
+            (&*g.module, &*g.name),
+            ("builtins" | "__builtin__", "dict") | ("collections", "OrderedDict")
+        ))
     }
 
     fn pop(&mut self, what: &str) -> R<NodeId> {
@@ -543,6 +624,14 @@ impl<'a> Machine<'a> {
 
     fn set_items(&mut self, target: NodeId, pairs: Vec<(NodeId, NodeId)>, op: &str) -> R<()> {
         self.count_items(pairs.len())?;
+        let keys_hashed = match self.node(target) {
+            Node::Dict(_) => true,
+            Node::Call(c) => self.is_dict_call(c),
+            _ => false,
+        };
+        if keys_hashed {
+            self.check_hashable(pairs.iter().map(|p| p.0), "dict key")?;
+        }
         match &mut self.nodes[target as usize] {
             Node::Dict(items) => items.extend(pairs),
             Node::Call(c) => c.items.extend(pairs),
@@ -857,6 +946,9 @@ impl<'a> Machine<'a> {
                     let xs = self.pop_mark("ADDITEMS")?;
                     self.count_items(xs.len())?;
                     let s = self.top("ADDITEMS")?;
+                    if let Node::Set(_) = self.node(s) {
+                        self.check_hashable(xs.iter().copied(), "set element")?;
+                    }
                     match &mut self.nodes[s as usize] {
                         Node::Set(items) => items.extend(xs),
                         Node::Call(c) => c.appends.extend(xs),

@@ -252,6 +252,67 @@ fn malformed_input_is_an_error_not_a_panic() {
     assert!(matches!(err(b"K\x01(0."), PickleErrorKind::Stack(_)));
 }
 
+/// Python's unpickler hashes every dict key and set element as it stores it, so a list (or a
+/// dict, set, bytearray, OrderedDict, or a tuple holding one) there raises `TypeError:
+/// unhashable type` at that opcode, and torch.load refuses the file.
+#[test]
+fn unhashable_keys_are_refused_at_their_opcode() {
+    /// (offset, type name, used as) of the unhashable error `b` must give.
+    fn unhashable(b: &[u8]) -> (u64, &'static str, &'static str) {
+        match parse(b, &Limits::default()) {
+            Err(PickleError {
+                offset,
+                kind: PickleErrorKind::Unhashable { type_name, used_as },
+            }) => (offset, type_name, used_as),
+            other => panic!("{b:?}: expected an unhashable error, got {other:?}"),
+        }
+    }
+    // } ] K\x01 s: the SETITEM at byte 4 stores a list key.
+    assert_eq!(unhashable(b"}]K\x01s."), (4, "list", "dict key"));
+    let msg = parse(b"}]K\x01s.", &Limits::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.starts_with("TypeError: unhashable type: 'list'")
+            && msg.ends_with("(pickle byte offset 4)"),
+        "{msg}"
+    );
+    // SETITEMS (byte 9), DICT (byte 4), the key a dict, a set, a bytearray.
+    assert_eq!(unhashable(b"}(K\x01K\x02]K\x03u.").0, 9);
+    assert_eq!(unhashable(b"(}K\x01d."), (4, "dict", "dict key"));
+    assert_eq!(unhashable(b"}\x8fK\x01s.").1, "set");
+    let bytearray = b"\x80\x05}\x96\x01\x00\x00\x00\x00\x00\x00\x00xK\x01s.";
+    assert_eq!(unhashable(bytearray).1, "bytearray");
+    // Tuples are hashable only when what they hold is, nested tuples included.
+    assert_eq!(unhashable(b"}(K\x01]tK\x02s."), (8, "list", "dict key"));
+    assert_eq!(unhashable(b"}]\x85\x85K\x01s."), (6, "list", "dict key"));
+    // Values built by calls that make lists, sets, dicts or OrderedDicts.
+    assert_eq!(unhashable(b"}cbuiltins\nset\n)RK\x01s.").1, "set");
+    assert_eq!(
+        unhashable(b"}ccollections\nOrderedDict\n)RK\x01s.").1,
+        "collections.OrderedDict"
+    );
+    // SETITEMS on an OrderedDict (torch's state_dict) hashes its keys too.
+    let od = b"ccollections\nOrderedDict\n)R(]K\x01u.";
+    assert_eq!(unhashable(od), (od.len() as u64 - 2, "list", "dict key"));
+    // Set elements: ADDITEMS (byte 3) and FROZENSET (byte 2).
+    assert_eq!(unhashable(b"\x8f(]\x90."), (3, "list", "set element"));
+    assert_eq!(unhashable(b"(]\x91."), (2, "list", "set element"));
+
+    // Hashable keys stay fine: tuples of hashables, frozensets, objects of other classes,
+    // globals; a class of its own may take any key in its __setitem__; lists as values.
+    for ok in [
+        &b"}(K\x01K\x02tK\x03s."[..],
+        b"}(K\x01\x91K\x03s.",
+        b"}c__main__\nFoo\n)RK\x01s.",
+        b"}cbuiltins\nlist\nK\x01s.",
+        b"c__main__\nFoo\n)R]K\x01s.",
+        b"}K\x01]s.",
+    ] {
+        p(ok);
+    }
+}
+
 #[test]
 fn memo_doubling_bomb_costs_one_node_per_opcode() {
     // l = [x]; repeat 100 times: l = [l, l]  (2**100 leaves if expanded)
