@@ -68,7 +68,7 @@ pub enum Error {
     /// failure of the CPU itself) forbids falling back. `source` is the backend's own error
     /// when a backend refused (out of memory differs from a missing driver); `None` when no
     /// backend serves the location at all.
-    #[error("cannot deserialize storage {key:?} (saved on {saved_location}) on {location}: {reason}. {hint}")]
+    #[error("cannot deserialize storage {key:?} (saved on {saved_location}) on {location}: {reason}. Use map_location (e.g. --map-location cpu or --map-location {saved_location}=cpu) to map storages to an existing device, or drop strict mode to fall back to the CPU")]
     Placement {
         /// The storage's key.
         key: String,
@@ -78,11 +78,9 @@ pub enum Error {
         location: String,
         /// Why it could not go there.
         reason: String,
-        /// What to do.
-        hint: String,
         /// The backend's error, when a backend refused.
         #[source]
-        source: Option<ptfile_backend::BackendError>,
+        source: Option<Box<ptfile_backend::BackendError>>,
     },
     /// No tensor has the name asked for; `close` lists a few names that do exist.
     #[error("no tensor named {name:?}{}", suggestions(close))]

@@ -144,12 +144,15 @@ pub mod describe;
 mod device;
 mod error;
 pub mod format;
+mod interop;
 pub mod save;
 mod torch;
 
 #[cfg(feature = "conformance")]
 pub use device::conformance;
 pub use device::registry;
+#[cfg(feature = "dlpack")]
+pub use interop::dlpack;
 pub use torch::interpret::InterpretOptions;
 pub use torch::{dtype, model};
 

@@ -128,14 +128,7 @@ pub fn run(backend: Arc<dyn Backend>, priority: i32) -> ConformanceReport {
         .collect();
     let descs: Vec<StorageDesc<'_>> = sizes
         .iter()
-        .map(|&n| StorageDesc {
-            key: "k",
-            dtype: "uint8",
-            element_size: 1,
-            nbytes: n,
-            saved_location: "cpu",
-            file: None,
-        })
+        .map(|&n| StorageDesc::new("k", "uint8", 1, n, "cpu"))
         .collect();
     let items: Vec<(StorageDesc<'_>, &[u8])> = descs
         .iter()

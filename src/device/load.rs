@@ -127,7 +127,7 @@ impl LoadReport {
 pub struct Loaded {
     /// The checkpoint (object tree, storage metadata).
     pub checkpoint: Checkpoint,
-    storages: Vec<Box<dyn DeviceStorage>>,
+    storages: Vec<Arc<dyn DeviceStorage>>,
     /// Where each storage went and why.
     pub report: LoadReport,
 }
@@ -147,9 +147,15 @@ impl Loaded {
         self.storages.get(i).map(|b| &**b)
     }
     /// Mutable access to a storage's host bytes (CPU-owned storages): a write is seen by every
-    /// tensor that views the storage, as in torch.
+    /// tensor that views the storage, as in torch. None while the storage is shared (an
+    /// [`Loaded::shared_storage`] handle is alive) or not writable host memory.
     pub fn host_bytes_mut(&mut self, i: usize) -> Option<&mut [u8]> {
-        self.storages.get_mut(i)?.host_bytes_mut()
+        Arc::get_mut(self.storages.get_mut(i)?)?.host_bytes_mut()
+    }
+    /// A shared handle to storage `i` that keeps it alive on its device after the `Loaded`
+    /// is dropped (for hand-offs such as DLPack, whose consumer frees it later).
+    pub fn shared_storage(&self, i: usize) -> Option<Arc<dyn DeviceStorage>> {
+        self.storages.get(i).cloned()
     }
     /// All device storages.
     pub fn storages(&self) -> impl Iterator<Item = &dyn DeviceStorage> {
@@ -391,11 +397,12 @@ impl Loader {
         for (i, reason, _) in fallback {
             reports[i].fallback = Some(reason);
         }
-        let storages: Vec<Box<dyn DeviceStorage>> = slots
+        let storages: Vec<Arc<dyn DeviceStorage>> = slots
             .into_iter()
             .enumerate()
             .map(|(i, s)| {
-                s.ok_or_else(|| Error::Device(format!("storage {i} was not materialized")))
+                s.map(Arc::from)
+                    .ok_or_else(|| Error::Device(format!("storage {i} was not materialized")))
             })
             .collect::<Result<_>>()?;
         for (r, s) in reports.iter_mut().zip(&storages) {
@@ -454,8 +461,7 @@ impl Loader {
                         saved_location: s.location.clone(),
                         location: "cpu".into(),
                         reason: format!("falling back to the CPU failed: {e}"),
-                        hint: "free memory or map the storage elsewhere".into(),
-                        source: Some(e),
+                        source: Some(Box::new(e)),
                     }
                 })?;
                 out.push((i, st));
@@ -472,11 +478,7 @@ fn placement(r: &StorageReport, reason: String, source: Option<BackendError>) ->
         saved_location: r.saved_location.clone(),
         location: r.location.clone(),
         reason,
-        hint: format!(
-            "Use map_location (e.g. --map-location cpu or --map-location {}=cpu) to map storages to an existing device, or drop strict mode to fall back to the CPU",
-            r.saved_location
-        ),
-        source,
+        source: source.map(Box::new),
     }
 }
 

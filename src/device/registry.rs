@@ -94,6 +94,7 @@ enum Origin {
     /// ptfile's own CPU backend.
     Cpu,
     /// A backend crate compiled in by this ptfile feature.
+    #[cfg_attr(not(any(feature = "cuda", feature = "wgpu")), allow(dead_code))]
     Feature(&'static str),
     /// Linked in with `inventory::submit!` ([`ptfile_backend::BackendRegistration`]).
     Linked,
@@ -196,6 +197,7 @@ impl Registry {
     /// The default registry, with `linked` as the linked backends.
     fn with_linked(linked: impl Iterator<Item = (i32, Arc<dyn Backend>)>) -> Registry {
         let mut r = Registry::empty();
+        #[allow(unused_mut)] // (without the cuda and wgpu features)
         let mut builtin: Vec<(i32, Arc<dyn Backend>, Origin)> =
             vec![(10, Arc::new(CpuBackend), Origin::Cpu)];
         #[cfg(feature = "cuda")]
@@ -327,9 +329,10 @@ impl Registry {
                 device_type: ty,
             });
         }
-        let present = self.entries.iter().find(
-            |e| matches!(&e.kind, EntryKind::Backend(b) if b.device_type() == ty),
-        );
+        let present = self
+            .entries
+            .iter()
+            .find(|e| matches!(&e.kind, EntryKind::Backend(b) if b.device_type() == ty));
         if let Some(present) = present {
             let what_to_do = match (present.origin, origin) {
                 (Origin::Linked, Origin::Linked) => "link only one of them, or register the one \
@@ -346,8 +349,8 @@ impl Registry {
             };
             return Err(Conflict {
                 message: format!(
-                    "two backends for device type `{ty}`: {} is registered, {} is not; \
-                     {what_to_do} (registered types: {})",
+                    "two backends for device type `{ty}`: a backend for it is already \
+                     registered, {}, so {} is not; {what_to_do} (registered types: {})",
                     present.who(),
                     entry.who(),
                     self.device_types().join(", ")
@@ -606,7 +609,10 @@ mod tests {
             _desc: &StorageDesc<'_>,
             bytes: &[u8],
         ) -> std::result::Result<Box<dyn DeviceStorage>, BackendError> {
-            Ok(Box::new(HostStorage::new(format!("{}-other", self.0), bytes.to_vec())))
+            Ok(Box::new(HostStorage::new(
+                format!("{}-other", self.0),
+                bytes.to_vec(),
+            )))
         }
     }
 
@@ -628,7 +634,14 @@ mod tests {
         assert_eq!(r.conflicts().len(), 1, "{:?}", r.conflicts());
         let c = &r.conflicts()[0];
         assert_eq!(c.device_type, "npu");
-        for part in ["`npu`", "::Named", "priority 40", "::Other", "priority 41", "linked"] {
+        for part in [
+            "`npu`",
+            "::Named",
+            "priority 40",
+            "::Other",
+            "priority 41",
+            "linked",
+        ] {
             assert!(c.message.contains(part), "{part}: {c}");
         }
         let err = r.clone().without_conflicts().err().map(|e| e.to_string());
@@ -676,7 +689,10 @@ mod tests {
         let mut r = r;
         assert!(r.register_backend(1, Arc::new(Other("cpu"))).is_err());
         let all = r.without_conflicts().err().map(|e| e.to_string()).unwrap();
-        assert!(all.contains("`bad:0`") && all.contains("CpuBackend"), "{all}");
+        assert!(
+            all.contains("`bad:0`") && all.contains("CpuBackend"),
+            "{all}"
+        );
     }
 
     #[cfg(feature = "cuda")]
@@ -708,7 +724,11 @@ mod tests {
         r.register_backend(7, Arc::new(Named("npu"))).unwrap();
         r.register_backend(7, Arc::new(Named("tpu"))).unwrap();
         let s = r.restore(&desc(), &[0], "cpu").unwrap();
-        assert_eq!(s.host_bytes(), Some(&[1u8][..]), "the first of equal priority");
+        assert_eq!(
+            s.host_bytes(),
+            Some(&[1u8][..]),
+            "the first of equal priority"
+        );
         assert_eq!(r.device_types(), ["npu", "tpu"]);
         assert!(r.conflicts().is_empty());
     }

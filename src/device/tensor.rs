@@ -3,12 +3,13 @@
 
 use std::borrow::Cow;
 use std::ops::Deref;
+use std::sync::Arc;
 
 use ptfile_backend::{BackendError, DeviceStorage};
 
 use crate::device::load::Loaded;
 use crate::error::{Error, Result};
-use crate::torch::tensor::{TensorView, ViewSource};
+use crate::torch::tensor::{Anchor, TensorView, ViewSource};
 
 /// One tensor of a [`Loaded`] checkpoint: everything [`TensorView`] has (it derefs to one:
 /// `dtype()`, `shape()`, `to_vec()`, ...), reading elements back from the device that holds
@@ -111,6 +112,37 @@ impl ViewSource for Loaded {
     fn place(&self, i: usize) -> String {
         self.storage(i).map(|s| s.location()).unwrap_or_default()
     }
+    fn anchor(&self, i: usize) -> Option<Anchor> {
+        let s = self.shared_storage(i)?;
+        let (addr, device, read_only) = if let Some(b) = s.host_bytes() {
+            if s.location() != "cpu" {
+                return None;
+            }
+            let mapped = s
+                .as_any()
+                .downcast_ref::<crate::device::cpu::MappedStorage>()
+                .is_some();
+            (b.as_ptr() as u64, ("cpu", 0), mapped)
+        } else {
+            device_address(&*s)?
+        };
+        Some(Anchor {
+            owner: Arc::new(s),
+            addr,
+            device,
+            read_only,
+        })
+    }
+}
+
+/// The device address of a storage that is not host memory, where ptfile knows it.
+fn device_address(s: &dyn DeviceStorage) -> Option<(u64, (&'static str, i32), bool)> {
+    #[cfg(feature = "cuda")]
+    if let Some(c) = s.as_any().downcast_ref::<ptfile_cuda::CudaStorage>() {
+        return Some((c.device_ptr(), ("cuda", c.ordinal() as i32), false));
+    }
+    let _ = s;
+    None
 }
 
 impl Loaded {

@@ -126,6 +126,27 @@ pub(crate) trait ViewSource: Sync {
     fn borrowed(&self, i: usize) -> Option<&[u8]>;
     /// Where storage `i` lives, for messages (`the file`, `cuda:0`).
     fn place(&self, i: usize) -> String;
+    /// What keeps storage `i`'s little-endian bytes alive where they are, for hand-offs
+    /// that outlive the view (DLPack); None where they are not in memory that way.
+    #[allow(dead_code)]
+    fn anchor(&self, i: usize) -> Option<Anchor> {
+        let _ = i;
+        None
+    }
+}
+
+/// Storage bytes in place, and what keeps them there: the address of the storage's first
+/// byte on its device, and an owner that keeps that memory alive while it is held.
+#[allow(dead_code)]
+pub(crate) struct Anchor {
+    /// Keeps the memory alive (a file map, a device storage).
+    pub(crate) owner: Arc<dyn std::any::Any + Send + Sync>,
+    /// Address of the storage's first byte (a host address, or a device address).
+    pub(crate) addr: u64,
+    /// Where: (device type, index), with the type as a location names it (`cpu`, `cuda`).
+    pub(crate) device: (&'static str, i32),
+    /// Whether writes are forbidden (a read-only map).
+    pub(crate) read_only: bool,
 }
 
 impl ViewSource for Checkpoint {
@@ -141,6 +162,15 @@ impl ViewSource for Checkpoint {
     }
     fn place(&self, _i: usize) -> String {
         "the file".into()
+    }
+    fn anchor(&self, i: usize) -> Option<Anchor> {
+        let b = self.borrowed(i)?;
+        Some(Anchor {
+            owner: Arc::new(self.source().clone()),
+            addr: b.as_ptr() as u64,
+            device: ("cpu", 0),
+            read_only: true,
+        })
     }
 }
 
@@ -165,7 +195,7 @@ impl ViewSource for Checkpoint {
 pub struct TensorView<'a> {
     name: Arc<str>,
     tensor: Arc<Tensor>,
-    src: &'a dyn ViewSource,
+    pub(crate) src: &'a dyn ViewSource,
 }
 
 impl std::fmt::Debug for TensorView<'_> {
