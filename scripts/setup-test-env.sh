@@ -12,6 +12,11 @@
 #   PTFILE_TORCH_SPEC=...  the pip requirement for torch (default: torch)
 #   PYTHON=...             the interpreter that creates the venv (default: python3)
 #   PTFILE_LVP_ICD=...     the lavapipe ICD file whose absence means "install it"
+#   CI=true                what is missing is an error (exit 1), not a note: no python3 to
+#                          create .venv, lavapipe not installable or still missing after
+#                          apt-get (set PTFILE_SKIP_APT=1 where another Vulkan driver serves
+#                          the wgpu tests). The tests themselves fail under CI without torch
+#                          or a wgpu adapter (tests/common/mod.rs).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -22,6 +27,19 @@ TORCH_SPEC="${PTFILE_TORCH_SPEC:-torch}"
 LVP_ICD="${PTFILE_LVP_ICD:-/usr/share/vulkan/icd.d/lvp_icd.$(uname -m).json}"
 
 say() { echo "[setup-test-env] $*"; }
+
+# CI as the tests read it (tests/common/mod.rs): set to anything but empty, 0 or false.
+is_ci() { case "${CI:-}" in "" | 0 | false | FALSE | False) return 1 ;; *) return 0 ;; esac; }
+
+# What is missing: an error under CI (the tests would fail on it anyway, later and less
+# clearly), a note otherwise (those tests then skip).
+missing() {
+    if is_ci; then
+        say "ERROR: $* (CI=$CI: the test environment must be complete)"
+        exit 1
+    fi
+    say "note: $*"
+}
 
 # ---------------------------------------------------------------------------------------------
 # 1. Python venv with torch
@@ -39,7 +57,7 @@ elif versions=$(venv_versions); then
     say ".venv ready: $versions"
 else
     if ! command -v "$PY" >/dev/null 2>&1; then
-        say "no $PY on PATH: cannot create .venv (the interop tests will skip)"
+        missing "no $PY on PATH: cannot create .venv with torch (the interop tests skip without it; install python3, or set PYTHON)"
     else
         if [ ! -x "$VENV/bin/python" ]; then
             say "creating .venv with $("$PY" --version 2>&1)"
@@ -80,15 +98,18 @@ fi
 if [ -e "$LVP_ICD" ]; then
     say "lavapipe present: $LVP_ICD"
 elif [ "${PTFILE_SKIP_APT:-0}" = 1 ]; then
-    say "PTFILE_SKIP_APT=1: lavapipe missing, not installing it (wgpu tests may skip)"
+    say "PTFILE_SKIP_APT=1: lavapipe missing, not installing it (wgpu tests skip without an adapter, or fail under CI)"
 elif [ "$(id -u)" != 0 ]; then
-    say "note: lavapipe ($LVP_ICD) is missing and we are not root;"
-    say "      run 'sudo apt-get install mesa-vulkan-drivers' for the wgpu backend tests"
+    missing "lavapipe ($LVP_ICD) is missing and we are not root: run 'sudo apt-get install mesa-vulkan-drivers' for the wgpu backend tests"
 elif ! command -v apt-get >/dev/null 2>&1; then
-    say "note: lavapipe is missing and there is no apt-get; wgpu tests may skip"
+    missing "lavapipe ($LVP_ICD) is missing and there is no apt-get: install a Vulkan driver for the wgpu backend tests"
 else
     say "installing mesa-vulkan-drivers (lavapipe)"
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mesa-vulkan-drivers >/dev/null
-    if [ -e "$LVP_ICD" ]; then say "lavapipe installed: $LVP_ICD"; else say "WARNING: $LVP_ICD still missing"; fi
+    if ! { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mesa-vulkan-drivers >/dev/null; }; then
+        missing "apt-get install mesa-vulkan-drivers failed: no lavapipe for the wgpu backend tests"
+    elif [ -e "$LVP_ICD" ]; then
+        say "lavapipe installed: $LVP_ICD"
+    else
+        missing "mesa-vulkan-drivers is installed but $LVP_ICD is still missing (set PTFILE_LVP_ICD to its ICD file)"
+    fi
 fi

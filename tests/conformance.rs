@@ -1,7 +1,10 @@
 //! The conformance suite on every backend this build has: the CPU, a simulated custom device,
-//! and wgpu when compiled in (it reports "skipped" where no adapter exists). The cuda backend
-//! conforms in tests/cuda.rs, on a GPU or on the fake driver.
+//! and wgpu when compiled in (it reports "skipped" where no adapter exists, a failure under CI
+//! or `PTFILE_REQUIRE=wgpu`). The cuda backend conforms in tests/cuda.rs, on a GPU or on the
+//! fake driver.
 #![cfg(feature = "conformance")]
+
+mod common;
 
 use std::sync::Arc;
 
@@ -55,5 +58,11 @@ fn simulated_custom_backend_conforms() {
 #[cfg(feature = "wgpu")]
 #[test]
 fn wgpu_backend_conforms_or_skips() {
-    check(ptfile_wgpu::backend(), 30);
+    let b = ptfile_wgpu::backend();
+    if common::available_or_skip("wgpu", b.availability()).is_none() {
+        return;
+    }
+    let r = run(b, 30);
+    println!("{r}");
+    assert!(r.skipped.is_none() && r.ok() && r.passed.len() >= 10, "{r}");
 }

@@ -141,13 +141,12 @@ fn inspect_exit_codes() {
 }
 
 /// Every fixture loaded onto the wgpu device (lavapipe in CI) agrees with torch, with hashes and
-/// values read back from the GPU buffers. Skips cleanly where no adapter exists.
+/// values read back from the GPU buffers. Where no adapter exists it skips, or fails under CI
+/// or `PTFILE_REQUIRE=wgpu` (where a wgpu regression must not pass as "no adapter").
 #[cfg(feature = "wgpu")]
 #[test]
 fn load_onto_wgpu_matches_torch() {
-    use ptfile_backend::Availability;
-    if let Availability::Unavailable(reason) = ptfile_wgpu::backend().availability() {
-        println!("skipped: {reason}");
+    if available_or_skip("wgpu", ptfile_wgpu::backend().availability()).is_none() {
         return;
     }
     let mut extra = Vec::new();
@@ -203,13 +202,12 @@ fn load_onto_fake_cuda_matches_torch() {
 }
 
 /// Every fixture loaded onto a real cuda:0 agrees with torch (hashes read back from the GPU).
-/// Skips where no CUDA device is present.
+/// Skips where no CUDA device is present (CI machines have none), unless `PTFILE_EXPECT_CUDA`
+/// or `PTFILE_REQUIRE=cuda` says one must be there, as in tests/cuda.rs.
 #[cfg(feature = "cuda")]
 #[test]
 fn load_onto_cuda_matches_torch() {
-    use ptfile_backend::Availability;
-    if let Availability::Unavailable(reason) = ptfile_cuda::backend().availability() {
-        println!("skipped: {reason}");
+    if available_or_skip("cuda", ptfile_cuda::backend().availability()).is_none() {
         return;
     }
     let extra = all_onto("cuda:0");

@@ -11,7 +11,9 @@
 //! the same records and the same `data.pkl` bytes.
 //!
 //! Needs a Python with torch and safetensors: `PTFILE_PYTHON`, else `.venv/bin/python`.
-//! Without one the test prints "skipped: no torch" and passes.
+//! Without one the tests print "skipped: no torch" and pass, except under `CI=true`,
+//! `PTFILE_REQUIRE=torch` or an explicit `PTFILE_PYTHON`, where that fails them
+//! (tests/common/mod.rs, `skip_or_fail`).
 
 mod common;
 
@@ -28,26 +30,19 @@ use serde_json::{json, Value};
 const NOT_WEIGHTS_ONLY: &[&str] = &["py_values", "seed_mymodule_whole"];
 
 fn python_with_torch() -> Option<std::path::PathBuf> {
-    let py = match torch_python() {
-        Ok(p) => p,
-        Err(why) => {
-            println!("skipped: no torch ({why})");
-            return None;
+    let found = torch_python().and_then(|py| {
+        let ok = Command::new(&py)
+            .args(["-c", "import safetensors.torch"])
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        if ok {
+            Ok(py)
+        } else {
+            Err(format!("safetensors is not installed in {}", py.display()))
         }
-    };
-    let ok = Command::new(&py)
-        .args(["-c", "import safetensors.torch"])
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    if !ok {
-        println!(
-            "skipped: no torch (safetensors is not installed in {})",
-            py.display()
-        );
-        return None;
-    }
-    Some(py)
+    });
+    present_or_skip("torch", found)
 }
 
 fn convert(args: &[&str], input: &Path, output: &Path) -> std::process::Output {
@@ -60,7 +55,8 @@ fn convert(args: &[&str], input: &Path, output: &Path) -> std::process::Output {
         .expect("run ptfile convert")
 }
 
-fn run_checks(py: &Path, dir: &Path, jobs: &[Value]) {
+/// Runs check_written.py on `jobs`; `Err` holds its report when it found differences.
+fn run_checks(py: &Path, dir: &Path, jobs: &[Value]) -> Result<(), String> {
     let jobs_path = dir.join("jobs.json");
     std::fs::write(&jobs_path, serde_json::to_string_pretty(jobs).unwrap()).unwrap();
     let script = repo_root()
@@ -74,11 +70,21 @@ fn run_checks(py: &Path, dir: &Path, jobs: &[Value]) {
         .expect("run check_written.py");
     let stdout = String::from_utf8_lossy(&out.stdout);
     print!("{stdout}");
-    assert!(
-        out.status.success(),
+    if out.status.success() {
+        return Ok(());
+    }
+    Err(format!(
         "check_written.py found differences:\n{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
-    );
+    ))
+}
+
+/// [`run_checks`], keeping `dir` (and naming it) when they fail.
+fn run_checks_in(py: &Path, dir: &mut TempDir, jobs: &[Value]) {
+    if let Err(report) = run_checks(py, dir.path(), jobs) {
+        dir.keep();
+        panic!("{report}\nfiles kept in {}", dir.path().display());
+    }
 }
 
 #[test]
@@ -154,9 +160,7 @@ fn converted_fixtures_load_in_torch_as_the_originals() {
         println!("note: {n}");
     }
     assert!(jobs.len() >= 80, "only {} outputs to check", jobs.len());
-    dir.keep();
-    run_checks(&py, dir.path(), &jobs);
-    drop(dir);
+    run_checks_in(&py, &mut dir, &jobs);
 }
 
 #[test]
@@ -164,7 +168,7 @@ fn ptfile_and_torch_save_the_same_state_dict_alike() {
     let Some(py) = python_with_torch() else {
         return;
     };
-    let dir = TempDir::new("interop-pair");
+    let mut dir = TempDir::new("interop-pair");
     std::fs::create_dir_all(dir.path().join("ptfile")).unwrap();
     std::fs::create_dir_all(dir.path().join("torch")).unwrap();
     let w: Vec<f32> = (0..12).map(|i| i as f32 / 3.0).collect();
@@ -230,5 +234,5 @@ fn ptfile_and_torch_save_the_same_state_dict_alike() {
         json!({"kind": "pair", "name": "state_dict", "file": mine.to_string_lossy(),
                "torch_file": theirs.to_string_lossy()}),
     ];
-    run_checks(&py, dir.path(), &jobs);
+    run_checks_in(&py, &mut dir, &jobs);
 }

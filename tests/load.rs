@@ -1,8 +1,17 @@
 //! The registry, map_location and CPU fallback, through the public API.
+//!
+//! Where storages land depends on the build and the host: with `--features cuda` on a machine
+//! with a GPU, `cuda:N` storages go to the device. The tests ask the registry what this host
+//! has ([`cuda_devices`]) and assert what must happen there, so they hold on a GPU host as on
+//! a CPU-only one; [`device_decisions_hold_on_the_fake_driver`] reruns them on the fake
+//! driver of tests/fake_cuda with one and two devices, so the GPU branches run everywhere.
 
+mod common;
+
+use std::ops::Range;
 use std::sync::Arc;
 
-use ptfile::{Checkpoint, CpuMode, Loader, MapLocation, Registry};
+use ptfile::{Checkpoint, CpuMode, Loaded, Loader, MapLocation, Registry};
 use ptfile_backend::{
     Availability, Backend, BackendError, BackendRegistration, DeviceStorage, HostStorage,
     StorageDesc,
@@ -35,8 +44,72 @@ fn make_linked() -> Arc<dyn Backend> {
 }
 ptfile_backend::inventory::submit! { BackendRegistration { priority: 40, make: make_linked } }
 
+/// The CUDA devices the default registry's cuda backend has: 0 without `--features cuda`,
+/// without a driver or without a GPU. With `PTFILE_EXPECT_CUDA` set (a GPU machine, or the
+/// fake driver of [`device_decisions_hold_on_the_fake_driver`]) it must have one.
+fn cuda_devices() -> usize {
+    let registry = Registry::default();
+    let Some(cuda) = registry.backend("cuda") else {
+        assert!(
+            !common::required("cuda"),
+            "a CUDA device is required (PTFILE_EXPECT_CUDA) but this build has no cuda backend: \
+             build with --features cuda"
+        );
+        println!("cuda devices: 0 (no cuda backend compiled in)");
+        return 0;
+    };
+    let availability = cuda.availability();
+    if let Availability::Unavailable(why) = &availability {
+        assert!(
+            !common::required("cuda"),
+            "a CUDA device is required (PTFILE_EXPECT_CUDA) but the cuda backend has none: {why}"
+        );
+    }
+    let devices = availability.devices();
+    println!("cuda devices: {devices}");
+    devices
+}
+
+/// Where a storage saved at `location` must land when loaded without map_location on a host
+/// with `cuda` CUDA devices: `Ok(device)`, or `Err(what the fallback reason must contain)`.
+/// Only `cpu` and `cuda:N` have backends in the default registry of this test (the linked
+/// `linkeddev` aside); every other device type falls back naming its type.
+fn expected_landing(location: &str, cuda: usize) -> Result<String, String> {
+    if location == "cpu" {
+        return Ok("cpu".into());
+    }
+    let Some(rest) = location.strip_prefix("cuda") else {
+        let device_type = location.split(':').next().unwrap_or(location);
+        return Err(format!("`{device_type}`"));
+    };
+    let index: usize = match rest.strip_prefix(':') {
+        Some(n) => n
+            .parse()
+            .unwrap_or_else(|_| panic!("bad location {location:?}")),
+        None => 0,
+    };
+    let registry = Registry::default();
+    match registry.backend("cuda") {
+        None => Err("--features cuda".into()),
+        Some(b) => match b.availability() {
+            Availability::Unavailable(reason) => Err(reason),
+            _ if index < cuda => Ok(format!("cuda:{index}")),
+            _ => Err(format!(
+                "{location} requested, {cuda} device{} present",
+                if cuda == 1 { "" } else { "s" }
+            )),
+        },
+    }
+}
+
+/// Every storage of the cuda_* and custom_ipu fixtures lands where this host can serve it: on
+/// `cuda:N` when the build has the cuda backend and the host has device N, else on the CPU
+/// with a reason that names why (no backend compiled in, the driver's reason, or the device
+/// count).
 #[test]
 fn gpu_tags_fall_back_to_cpu_with_reasons() {
+    let cuda = cuda_devices();
+    let mut on_device = 0;
     for f in [
         "cuda_state_dict.pt",
         "cuda_mixed.pt",
@@ -46,37 +119,151 @@ fn gpu_tags_fall_back_to_cpu_with_reasons() {
         "cuda_bf16_transformer.pt",
     ] {
         let l = Loader::new().load(fx(f)).unwrap();
+        assert!(!l.report.storages.is_empty(), "{f}");
         for r in &l.report.storages {
-            assert_eq!(r.device, "cpu", "{f}");
-            if r.saved_location == "cpu" {
-                assert!(r.fallback.is_none(), "{f}: cpu storage fell back");
-            } else {
-                let why = r.fallback.as_deref().unwrap_or("");
-                assert!(!why.is_empty(), "{f}: {} has no reason", r.saved_location);
-                if r.saved_location.starts_with("cuda") && !cfg!(feature = "cuda") {
-                    assert!(why.contains("--features cuda"), "{why}");
+            assert_eq!(
+                r.location, r.saved_location,
+                "{f}: no map_location was given"
+            );
+            match expected_landing(&r.saved_location, cuda) {
+                Ok(device) => {
+                    assert_eq!(
+                        r.device, device,
+                        "{f}: {} on a host with {cuda} CUDA devices",
+                        r.saved_location
+                    );
+                    assert!(
+                        r.fallback.is_none(),
+                        "{f}: {} fell back: {:?}",
+                        r.saved_location,
+                        r.fallback
+                    );
+                    on_device += usize::from(device != "cpu");
+                }
+                Err(must_name) => {
+                    assert_eq!(r.device, "cpu", "{f}: {} must fall back", r.saved_location);
+                    let why = r.fallback.as_deref().unwrap_or("");
+                    assert!(!why.is_empty(), "{f}: {} has no reason", r.saved_location);
+                    assert!(
+                        why.contains(&must_name),
+                        "{f}: {}: {why:?} does not say {must_name:?}",
+                        r.saved_location
+                    );
                 }
             }
         }
     }
+    // Not vacuous on a GPU host: its cuda:0 storages did land on the device.
+    assert_eq!(
+        on_device > 0,
+        cuda > 0,
+        "{on_device} storages on a CUDA device, {cuda} devices"
+    );
 }
 
+/// Strict mode loads a file whose every storage this host can serve and refuses one it cannot,
+/// naming the location and map_location: cuda_mixed.pt (cuda:0 + cpu) loads on a GPU host,
+/// cuda_multi_gpu.pt needs two GPUs, custom_ipu.pt (no ipu backend) is refused everywhere.
+/// Mapped to the CPU, each loads.
 #[test]
 fn strict_mode_refuses_naming_the_device() {
-    let e = Loader::new()
-        .strict(true)
-        .load(fx("cuda_mixed.pt"))
-        .unwrap_err();
-    let m = e.to_string();
-    assert!(m.contains("cuda:0") && m.contains("map_location"), "{m}");
-    assert_eq!(e.exit_code(), 1);
-    // Mapped to the CPU, strict mode loads it.
-    let l = Loader::new()
-        .strict(true)
-        .map_location(MapLocation::to("cpu"))
-        .load(fx("cuda_mixed.pt"))
-        .unwrap();
-    assert!(l.report.fallbacks().next().is_none());
+    let cuda = cuda_devices();
+    let mut refused = Vec::new();
+    for f in ["cuda_mixed.pt", "cuda_multi_gpu.pt", "custom_ipu.pt"] {
+        let c = Checkpoint::open(fx(f)).unwrap();
+        let unservable = c
+            .storages
+            .iter()
+            .map(|s| s.location.as_str())
+            .find(|loc| expected_landing(loc, cuda).is_err());
+        let strict = Loader::new().strict(true).load(fx(f));
+        match unservable {
+            Some(loc) => {
+                let e = match strict {
+                    Ok(_) => {
+                        panic!("{f}: strict mode loaded {loc} on a host with {cuda} CUDA devices")
+                    }
+                    Err(e) => e,
+                };
+                let m = e.to_string();
+                assert!(m.contains(loc) && m.contains("map_location"), "{f}: {m}");
+                assert_eq!(e.exit_code(), 1, "{f}");
+                refused.push(f);
+            }
+            None => {
+                let l = strict.unwrap_or_else(|e| {
+                    panic!("{f}: strict mode refused on a host with {cuda} CUDA devices: {e}")
+                });
+                assert!(l.report.fallbacks().next().is_none(), "{f}");
+                for r in &l.report.storages {
+                    assert_eq!(
+                        Ok(r.device.clone()),
+                        expected_landing(&r.saved_location, cuda),
+                        "{f}"
+                    );
+                }
+            }
+        }
+        // Mapped to the CPU, strict mode loads it.
+        let l = Loader::new()
+            .strict(true)
+            .map_location(MapLocation::to("cpu"))
+            .load(fx(f))
+            .unwrap();
+        assert!(l.report.fallbacks().next().is_none(), "{f}");
+        assert!(l.report.storages.iter().all(|r| r.device == "cpu"), "{f}");
+    }
+    let expected: &[&str] = match cuda {
+        0 => &["cuda_mixed.pt", "cuda_multi_gpu.pt", "custom_ipu.pt"],
+        1 => &["cuda_multi_gpu.pt", "custom_ipu.pt"],
+        _ => &["custom_ipu.pt"],
+    };
+    assert_eq!(
+        refused, expected,
+        "refused by strict mode with {cuda} CUDA devices"
+    );
+}
+
+/// Runs the two tests above again in a child process on the fake CUDA driver
+/// (tests/fake_cuda), with one device and with two, requiring them to pass there on the GPU
+/// branches (`PTFILE_EXPECT_CUDA`): what a real GPU host sees, on every machine with a C
+/// compiler.
+#[cfg(feature = "cuda")]
+#[test]
+fn device_decisions_hold_on_the_fake_driver() {
+    let Some(dir) = common::fake_cuda_or_skip() else {
+        return;
+    };
+    let tests = [
+        "gpu_tags_fall_back_to_cpu_with_reasons",
+        "strict_mode_refuses_naming_the_device",
+    ];
+    for devices in ["1", "2"] {
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(tests)
+            .args(["--exact", "--nocapture", "--test-threads", "1"])
+            .env("LD_LIBRARY_PATH", &dir)
+            .env("FAKE_CUDA_DEVICES", devices)
+            .env("PTFILE_EXPECT_CUDA", "1")
+            .env_remove("CUDA_VISIBLE_DEVICES")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        println!("--- {devices} fake device(s) ---\n{stdout}");
+        let report = format!("{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "on the fake driver with {devices} devices ({}):\n{report}",
+            out.status
+        );
+        let want = format!("test result: ok. {} passed", tests.len());
+        assert!(stdout.contains(&want), "expected `{want}`:\n{report}");
+        let seen = format!("cuda devices: {devices}");
+        assert!(
+            stdout.matches(&seen).count() == tests.len(),
+            "expected `{seen}` from each test:\n{report}"
+        );
+    }
 }
 
 #[test]
@@ -151,15 +338,93 @@ fn views_share_one_buffer_and_writes_show_through() {
     }
 }
 
+/// The address range of `bytes`.
+fn span(bytes: &[u8]) -> Range<usize> {
+    let start = bytes.as_ptr() as usize;
+    start..start + bytes.len()
+}
+
+/// For every storage of `l`, on the CPU: `Some(true)` when its host bytes are the file map's
+/// bytes at the storage's file span (same address and length), `Some(false)` when they lie
+/// wholly outside the map (a copy). Empty storages (no address to compare) are left out.
+fn borrowed_from_the_map(l: &Loaded) -> Vec<(usize, bool)> {
+    let map = l.checkpoint.source();
+    assert!(map.is_mapped(), "a file opened from disk is mapped");
+    let map = span(map.bytes());
+    let mut out = Vec::new();
+    for (i, s) in l.checkpoint.storages.iter().enumerate() {
+        assert_eq!(l.report.storages[i].device, "cpu");
+        let bytes = l
+            .storage(i)
+            .unwrap()
+            .host_bytes()
+            .expect("CPU storages have host bytes");
+        assert_eq!(bytes.len() as u64, s.nbytes, "storage {i}");
+        if bytes.is_empty() {
+            continue;
+        }
+        let (offset, _) = s.data.expect("a storage with bytes has a file span");
+        let at = span(bytes);
+        let inside = map.contains(&at.start) && at.end <= map.end;
+        if inside {
+            assert_eq!(
+                at.start - map.start,
+                offset as usize,
+                "storage {i}: not at its file span"
+            );
+        } else {
+            assert!(
+                at.end <= map.start || at.start >= map.end,
+                "storage {i} overlaps the map partly"
+            );
+        }
+        out.push((i, inside));
+    }
+    out
+}
+
+/// Mapped mode hands out the map's own bytes (no copy) for little-endian files; the default
+/// (owned) mode and big-endian files hold copies.
 #[test]
 fn mapped_mode_borrows_the_file() {
-    let l = Loader::new()
-        .cpu_mode(CpuMode::Mapped)
-        .load(fx("seed_share.pt"))
-        .unwrap();
-    let c = Checkpoint::open(fx("seed_share.pt")).unwrap();
-    let s = l.storage(0).unwrap();
-    assert_eq!(s.host_bytes().unwrap(), &c.storage_bytes(0).unwrap()[..]);
+    for f in [
+        "seed_share.pt",
+        "seed_views.pt",
+        "cuda_bf16_transformer.pt",
+        "seed_views_legacy.pt",
+    ] {
+        let load = |mode| {
+            Loader::new()
+                .cpu_mode(mode)
+                .map_location(MapLocation::to("cpu"))
+                .load(fx(f))
+                .unwrap()
+        };
+        let c = Checkpoint::open(fx(f)).unwrap();
+        let mapped = load(CpuMode::Mapped);
+        let owned = load(CpuMode::default());
+        for (l, mode) in [(&mapped, "mapped"), (&owned, "owned")] {
+            assert_eq!(l.checkpoint.storages.len(), c.storages.len(), "{f}");
+            for i in 0..c.storages.len() {
+                assert_eq!(
+                    l.storage(i).unwrap().host_bytes().unwrap(),
+                    &c.storage_bytes(i).unwrap()[..],
+                    "{f} ({mode}): storage {i}"
+                );
+            }
+        }
+        let m = borrowed_from_the_map(&mapped);
+        assert!(!m.is_empty(), "{f}: no storage with bytes");
+        assert!(
+            m.iter().all(|&(_, inside)| inside),
+            "{f}: mapped mode copied storages {m:?}"
+        );
+        let o = borrowed_from_the_map(&owned);
+        assert!(
+            o.iter().all(|&(_, inside)| !inside),
+            "{f}: owned mode borrowed storages {o:?}"
+        );
+    }
     // Big-endian files are swapped into owned memory even in mapped mode.
     let l = Loader::new()
         .cpu_mode(CpuMode::Mapped)
@@ -172,6 +437,11 @@ fn mapped_mode_borrows_the_file() {
             &c.storage_bytes(i).unwrap()[..]
         );
     }
+    let b = borrowed_from_the_map(&l);
+    assert!(
+        !b.is_empty() && b.iter().all(|&(_, inside)| !inside),
+        "{b:?}"
+    );
 }
 
 #[test]

@@ -2,12 +2,19 @@
 //! written by PyTorch (tests/fixtures) or by `tests/python/gen_random.py`.
 //!
 //! Each test crate includes this with `mod common;`; not every crate uses every helper.
+//!
+//! Skips follow one rule ([`skip_or_fail`]): a test that finds something missing (a torch venv,
+//! a wgpu adapter, a C compiler for the fake CUDA driver, a GPU) prints `skipped: ...` and
+//! passes on a developer's machine, but fails, saying what is missing and how to set it up,
+//! when the run requires it: `CI=true` requires everything scripts/setup-test-env.sh provides
+//! (`torch`, `wgpu`, `python3`, `cc`), `PTFILE_REQUIRE=torch,wgpu,...` (or `all`) names needs
+//! one by one, and `PTFILE_EXPECT_CUDA` requires a CUDA device. A missing `python3` always
+//! fails the fixture checks.
 #![allow(dead_code)]
 
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 /// The repository root (where Cargo.toml, tests/ and .venv/ are).
 pub fn repo_root() -> PathBuf {
@@ -38,6 +45,151 @@ pub fn system_python() -> PathBuf {
     std::env::var_os("PTFILE_SYSTEM_PYTHON")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("python3"))
+}
+
+/// What a test may find missing, each with how to provide it. `PTFILE_REQUIRE` names these.
+pub const NEEDS: &[(&str, &str)] = &[
+    (
+        "torch",
+        "run scripts/setup-test-env.sh (it makes .venv with torch, numpy and safetensors), or set \
+         PTFILE_PYTHON to a Python that imports them",
+    ),
+    (
+        "wgpu",
+        "install a Vulkan driver: `apt-get install mesa-vulkan-drivers` (lavapipe, what \
+         scripts/setup-test-env.sh installs as root)",
+    ),
+    (
+        "python3",
+        "install Python 3 (the fixture checks need only its standard library), or set \
+         PTFILE_SYSTEM_PYTHON to one",
+    ),
+    (
+        "cc",
+        "install a C compiler (`cc`, or set CC): tests/fake_cuda/libcuda.c is built with it",
+    ),
+    (
+        "cuda",
+        "run on a machine with an NVIDIA GPU and its driver (libcuda.so on the loader path)",
+    ),
+];
+
+/// Needs that `CI` alone requires: everything scripts/setup-test-env.sh provides. A GPU
+/// (`cuda`) is required only when asked for: `PTFILE_EXPECT_CUDA` or `PTFILE_REQUIRE=cuda`.
+const CI_NEEDS: &[&str] = &["torch", "wgpu", "python3", "cc"];
+
+/// Whether this is a CI run: `CI` set to anything but empty, `0` or `false` (CI services set
+/// `CI=true`).
+pub fn is_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| !matches!(v.trim(), "" | "0" | "false" | "FALSE" | "False"))
+}
+
+/// Whether a missing `need` (a name in [`NEEDS`]) fails the test instead of skipping it: under
+/// CI (see [`is_ci`]) for every need but `cuda`, when `PTFILE_REQUIRE` lists it
+/// (comma-separated, `all` for every one), for `cuda` when `PTFILE_EXPECT_CUDA` is set, and for
+/// `torch` when `PTFILE_PYTHON` is set (a Python named explicitly must work).
+pub fn required(need: &str) -> bool {
+    assert!(
+        NEEDS.iter().any(|(n, _)| *n == need),
+        "unknown need {need:?} (known: {})",
+        need_names()
+    );
+    let listed = std::env::var("PTFILE_REQUIRE").unwrap_or_default();
+    for item in listed.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        assert!(
+            item == "all" || NEEDS.iter().any(|(n, _)| *n == item),
+            "PTFILE_REQUIRE={listed:?} names {item:?}; known: {}, all",
+            need_names()
+        );
+        if item == need || item == "all" {
+            return true;
+        }
+    }
+    match need {
+        "cuda" => std::env::var_os("PTFILE_EXPECT_CUDA").is_some(),
+        "torch" if std::env::var_os("PTFILE_PYTHON").is_some_and(|p| !p.is_empty()) => true,
+        _ => is_ci() && CI_NEEDS.contains(&need),
+    }
+}
+
+fn need_names() -> String {
+    NEEDS.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
+}
+
+/// How to provide `need`.
+pub fn setup_hint(need: &str) -> &'static str {
+    NEEDS
+        .iter()
+        .find(|(n, _)| *n == need)
+        .map(|(_, hint)| *hint)
+        .unwrap_or("")
+}
+
+/// The one rule for a test that finds `need` missing (`why` says how): when [`required`] it
+/// panics, naming what is missing, why it is required and how to set it up; otherwise it
+/// prints `skipped: ...` and the caller returns. Use as `skip_or_fail("torch", &why); return;`.
+pub fn skip_or_fail(need: &str, why: &str) {
+    let hint = setup_hint(need);
+    if required(need) {
+        panic!(
+            "{need} is required here but missing: {why}\n  required because: {}\n  to set it \
+             up: {hint}",
+            required_because(need)
+        );
+    }
+    let strict = if CI_NEEDS.contains(&need) {
+        format!("CI=true or PTFILE_REQUIRE={need}")
+    } else {
+        format!("PTFILE_EXPECT_CUDA or PTFILE_REQUIRE={need}")
+    };
+    println!("skipped: no {need}: {why} (to run this test: {hint}; {strict} makes this a failure)");
+}
+
+/// `Some(value)` when `found` is `Ok`; else [`skip_or_fail`] and `None`. For
+/// `let Some(x) = present_or_skip("torch", torch_python()) else { return };`.
+pub fn present_or_skip<T>(need: &str, found: Result<T, String>) -> Option<T> {
+    match found {
+        Ok(v) => Some(v),
+        Err(why) => {
+            skip_or_fail(need, &why);
+            None
+        }
+    }
+}
+
+/// [`present_or_skip`] for a backend's availability: `Some(device count)` when available.
+pub fn available_or_skip(need: &str, availability: ptfile_backend::Availability) -> Option<usize> {
+    let found = match availability {
+        ptfile_backend::Availability::Unavailable(reason) => Err(reason),
+        other if other.devices() == 0 => Err(format!("no devices ({other:?})")),
+        other => Ok(other.devices()),
+    };
+    present_or_skip(need, found)
+}
+
+/// Everything that makes `need` [`required`], for the failure message.
+fn required_because(need: &str) -> String {
+    let mut why = Vec::new();
+    let listed = std::env::var("PTFILE_REQUIRE").unwrap_or_default();
+    if listed
+        .split(',')
+        .any(|s| s.trim() == need || s.trim() == "all")
+    {
+        why.push(format!("PTFILE_REQUIRE={listed}"));
+    }
+    if is_ci() && CI_NEEDS.contains(&need) {
+        why.push(format!(
+            "CI={} (under CI a skip would hide a failure)",
+            std::env::var("CI").unwrap_or_default()
+        ));
+    }
+    if need == "cuda" && std::env::var_os("PTFILE_EXPECT_CUDA").is_some() {
+        why.push("PTFILE_EXPECT_CUDA is set".into());
+    }
+    if need == "torch" && std::env::var_os("PTFILE_PYTHON").is_some_and(|p| !p.is_empty()) {
+        why.push("PTFILE_PYTHON names the Python to use".into());
+    }
+    why.join("; ")
 }
 
 /// A Python that imports torch: `PTFILE_PYTHON`, else `<repo>/.venv/bin/python`
@@ -156,11 +308,17 @@ pub fn check_fixtures(
         c.env(k, v);
     }
     let output = c.output().unwrap_or_else(|e| {
+        // No skip: without python3 nothing checks the reader against torch's descriptions.
+        let need = if python == system_python() {
+            "python3"
+        } else {
+            "torch"
+        };
         panic!(
-            "cannot run {} {}: {e} (the fixture checks need Python 3 on PATH; \
-             PTFILE_SYSTEM_PYTHON overrides it)",
+            "cannot run {} {}: {e} ({need} is missing; to set it up: {})",
             python.display(),
-            check_fixtures_py().display()
+            check_fixtures_py().display(),
+            setup_hint(need)
         )
     });
     CheckRun {
@@ -189,8 +347,11 @@ pub fn fixture_names(dir: &Path) -> Vec<String> {
         }
         let text = std::fs::read_to_string(&path)
             .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
-        let name = json_string_field(&text, "name").unwrap_or_else(|| stem.to_string());
-        let file = json_string_field(&text, "file").unwrap_or_else(|| format!("{name}.pt"));
+        let desc: serde_json::Value = serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("{} is not JSON: {e}", path.display()));
+        let field = |key: &str| desc.get(key).and_then(|v| v.as_str()).map(str::to_string);
+        let name = field("name").unwrap_or_else(|| stem.to_string());
+        let file = field("file").unwrap_or_else(|| format!("{name}.pt"));
         if dir.join(&file).exists() {
             names.push(name);
         }
@@ -199,56 +360,33 @@ pub fn fixture_names(dir: &Path) -> Vec<String> {
     names
 }
 
-/// The value of a top-level `"key": "string"` in a description file, without a JSON parser
-/// (the test crates have no dev-dependencies). Good enough for the info keys the fixtures'
-/// writer emits first ("name", "file", "format"), which hold no escapes.
+/// The string value of a top-level `key` of a description file (a JSON object), if it has one.
 pub fn json_string_field(text: &str, key: &str) -> Option<String> {
-    let pat = format!("\"{key}\":");
-    let at = text.find(&pat)? + pat.len();
-    let rest = text[at..].trim_start();
-    let rest = rest.strip_prefix('"')?;
-    let end = rest.find('"')?;
-    Some(rest[..end].to_string())
+    let v: serde_json::Value = serde_json::from_str(text).ok()?;
+    v.get(key)?.as_str().map(str::to_string)
 }
 
-/// A directory under the system temp dir, removed on drop unless `keep()` was called or
-/// `PTFILE_KEEP_TMP` is set.
-pub struct TempDir {
-    path: PathBuf,
-    keep: bool,
-}
+/// A directory under the system temp dir (a [`tempfile::TempDir`] named `ptfile-TAG-...`),
+/// removed on drop unless `keep()` was called or `PTFILE_KEEP_TMP` is set.
+pub struct TempDir(tempfile::TempDir);
 
 impl TempDir {
     pub fn new(tag: &str) -> TempDir {
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0);
-        let path =
-            std::env::temp_dir().join(format!("ptfile-{tag}-{}-{nanos}", std::process::id()));
-        std::fs::create_dir_all(&path)
-            .unwrap_or_else(|e| panic!("cannot create {}: {e}", path.display()));
-        TempDir {
-            path,
-            keep: std::env::var_os("PTFILE_KEEP_TMP").is_some(),
-        }
+        let mut dir = tempfile::Builder::new()
+            .prefix(&format!("ptfile-{tag}-"))
+            .tempdir()
+            .unwrap_or_else(|e| panic!("cannot create a temporary directory: {e}"));
+        dir.disable_cleanup(std::env::var_os("PTFILE_KEEP_TMP").is_some());
+        TempDir(dir)
     }
 
     pub fn path(&self) -> &Path {
-        &self.path
+        self.0.path()
     }
 
     /// Leave the directory in place (for a failure to be looked at).
     pub fn keep(&mut self) {
-        self.keep = true;
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        if !self.keep {
-            let _ = std::fs::remove_dir_all(&self.path);
-        }
+        self.0.disable_cleanup(true);
     }
 }
 
@@ -301,15 +439,11 @@ fn build_fake_cuda() -> Result<PathBuf, String> {
     Ok(dir)
 }
 
-/// [`fake_cuda_dir`], or `None` after printing why it is skipped; panics under CI (`CI` set),
-/// where a C compiler is part of the set-up.
+/// [`fake_cuda_dir`], or `None` after [`skip_or_fail`] (need `cc`: a failure under CI, where a C
+/// compiler is part of the set-up).
 pub fn fake_cuda_or_skip() -> Option<PathBuf> {
-    match fake_cuda_dir() {
-        Ok(dir) => Some(dir),
-        Err(why) if std::env::var_os("CI").is_some() => panic!("fake CUDA driver: {why}"),
-        Err(why) => {
-            println!("skipped: no fake CUDA driver: {why}");
-            None
-        }
-    }
+    present_or_skip(
+        "cc",
+        fake_cuda_dir().map_err(|why| format!("no fake CUDA driver: {why}")),
+    )
 }

@@ -1,5 +1,7 @@
 //! Round trips on the first wgpu adapter. Every test prints `skipped: <reason>` and passes when
-//! the machine has no adapter (install mesa-vulkan-drivers for a software Vulkan one).
+//! the machine has no adapter (install mesa-vulkan-drivers for a software Vulkan one), except
+//! under CI (`CI=true`) or `PTFILE_REQUIRE=wgpu`, where a missing adapter fails them: there a
+//! regression that makes `availability()` unavailable must not pass as "no adapter".
 
 use std::sync::Arc;
 
@@ -8,14 +10,31 @@ use ptfile_wgpu::{WgpuBackend, WgpuStorage};
 
 const MIB: usize = 1 << 20;
 
+/// Whether a missing adapter fails the tests: `CI` set (but not to empty, `0` or `false`), or
+/// `PTFILE_REQUIRE` listing `wgpu` or `all`. The rule of ptfile's tests/common/mod.rs
+/// (`required`), which this crate's tests cannot include.
+fn adapter_required() -> bool {
+    let ci = std::env::var("CI")
+        .is_ok_and(|v| !matches!(v.trim(), "" | "0" | "false" | "FALSE" | "False"));
+    let listed = std::env::var("PTFILE_REQUIRE").unwrap_or_default();
+    ci || listed
+        .split(',')
+        .any(|s| matches!(s.trim(), "wgpu" | "all"))
+}
+
 fn backend_or_skip() -> Option<WgpuBackend> {
     let b = WgpuBackend::new();
     match b.availability() {
-        Availability::Available { .. } => Some(b),
+        Availability::Unavailable(reason) if adapter_required() => panic!(
+            "wgpu is required here (CI or PTFILE_REQUIRE) but no adapter is available: {reason}\n  \
+             to set it up: install a Vulkan driver, e.g. `apt-get install mesa-vulkan-drivers` \
+             (lavapipe; scripts/setup-test-env.sh installs it as root)"
+        ),
         Availability::Unavailable(reason) => {
-            println!("skipped: {reason}");
+            println!("skipped: {reason} (CI=true or PTFILE_REQUIRE=wgpu makes this a failure)");
             None
         }
+        _ => Some(b),
     }
 }
 
