@@ -20,12 +20,13 @@ const EXPECT: &str = "PTFILE_EXPECT_CUDA";
 /// The device count, or `None` after printing why the test skips (a panic when [`EXPECT`] is
 /// set, since a skip would then hide a failure).
 fn devices_or_skip(backend: &dyn Backend) -> Option<usize> {
-    match backend.availability() {
-        Availability::Available { devices } => Some(devices),
-        Availability::Unavailable(reason) if std::env::var_os(EXPECT).is_some() => {
+    let availability = backend.availability();
+    match availability.reason() {
+        None => Some(availability.devices()),
+        Some(reason) if std::env::var_os(EXPECT).is_some() => {
             panic!("{EXPECT} is set but the cuda backend is unavailable: {reason}")
         }
-        Availability::Unavailable(reason) => {
+        Some(reason) => {
             println!("skipped: {reason}");
             None
         }
@@ -33,14 +34,7 @@ fn devices_or_skip(backend: &dyn Backend) -> Option<usize> {
 }
 
 fn desc(key: &str, nbytes: usize) -> StorageDesc<'_> {
-    StorageDesc {
-        key,
-        dtype: "uint8",
-        element_size: 1,
-        nbytes,
-        saved_location: "cuda:0",
-        file: None,
-    }
+    StorageDesc::new(key, "uint8", 1, nbytes, "cuda:0")
 }
 
 /// Deterministic test bytes.
@@ -137,21 +131,13 @@ fn round_trips() {
 
     // A tiny ring so that chunking and slot reuse happen many times over, and a storage far
     // larger than the whole ring.
-    let tiny = CudaBackend::with_ring(RingConfig {
-        slots: 3,
-        slot_bytes: 1000,
-        copy_threads: 2,
-    });
+    let tiny = CudaBackend::with_ring(RingConfig::new(3, 1000, 2));
     round_trip(&tiny, 0, &[999, 1000, 1001, 0, 1, 3000, 12_345, 7]);
     tiny.release_staging();
     round_trip(&tiny, 0, &[2500]);
 
     // Slots of 2 MiB filled by 4 threads each (pieces of at least 1 MiB are split off).
-    let threaded = CudaBackend::with_ring(RingConfig {
-        slots: 2,
-        slot_bytes: 2 * mib,
-        copy_threads: 4,
-    });
+    let threaded = CudaBackend::with_ring(RingConfig::new(2, 2 * mib, 4));
     round_trip(&threaded, 0, &[3 * mib + 5, 1, 2 * mib, 7 * mib]);
 
     // Single materialize goes through the same path.
@@ -173,11 +159,7 @@ fn round_trips() {
 /// the mapped slice land byte for byte.
 #[test]
 fn round_trips_from_file_spans() {
-    let b = CudaBackend::with_ring(RingConfig {
-        slots: 2,
-        slot_bytes: 4096,
-        copy_threads: 2,
-    });
+    let b = CudaBackend::with_ring(RingConfig::new(2, 4096, 2));
     if devices_or_skip(&b).is_none() {
         return;
     }

@@ -35,6 +35,12 @@
 //! Link-time registration only works when the backend crate is actually linked into the final
 //! binary: a crate that nothing references may be dropped by the linker. Reference it (for
 //! example `use my_backend as _;`) or register it explicitly at run time.
+//!
+//! One device type has one backend. Two linked backends for the same type, or a linked one for
+//! a type the `ptfile` build already serves (`cpu`, or `cuda` with its `cuda` feature), are a
+//! conflict the registry reports naming both ([`Backend::backend_name`]): ptfile's
+//! `Registry::try_default` refuses it, `Registry::default` keeps the first and records it. A
+//! backend registered explicitly at run time replaces a linked backend of its type.
 #![warn(missing_docs)]
 
 use std::any::Any;
@@ -86,7 +92,11 @@ pub enum BackendError {
 }
 
 /// Whether a backend can serve storages on this machine.
+///
+/// More states may be added (match with a `_` arm); [`Availability::devices`] is 0 for every
+/// state but `Available`.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Availability {
     /// Usable, with this many devices (indices `0..devices`).
     Available {
@@ -105,11 +115,39 @@ impl Availability {
             Availability::Unavailable(_) => 0,
         }
     }
+
+    /// Why the backend cannot serve storages, `None` when it is available. With
+    /// [`Availability::devices`], this reads every state without a `match`:
+    ///
+    /// ```
+    /// # use ptfile_backend::Availability;
+    /// let a = Availability::Unavailable("no driver".into());
+    /// let seen = match a.reason() {
+    ///     None => Ok(a.devices()),
+    ///     Some(reason) => Err(reason.to_string()),
+    /// };
+    /// assert_eq!(seen, Err("no driver".to_string()));
+    /// ```
+    pub fn reason(&self) -> Option<&str> {
+        match self {
+            Availability::Available { .. } => None,
+            Availability::Unavailable(reason) => Some(reason),
+        }
+    }
 }
 
 /// What a storage is, as far as a device needs to know. Element size and dtype name let a
 /// backend that cares about types (for example one that converts) do so; most copy bytes.
+///
+/// Fields may be added, so other crates build one with [`StorageDesc::new`] (and
+/// [`StorageDesc::with_file`]) rather than a struct literal:
+///
+/// ```
+/// let desc = ptfile_backend::StorageDesc::new("0", "float32", 4, 16, "cuda:0");
+/// assert_eq!((desc.nbytes, desc.file.is_none()), (16, true));
+/// ```
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct StorageDesc<'a> {
     /// The storage's key in the checkpoint (`"0"`, `"1"`, ... in zip files).
     pub key: &'a str,
@@ -130,6 +168,35 @@ pub struct StorageDesc<'a> {
     pub file: Option<FileSpan<'a>>,
 }
 
+impl<'a> StorageDesc<'a> {
+    /// A storage `key` of `nbytes` bytes holding `dtype` elements of `element_size` bytes,
+    /// saved at `saved_location`, whose bytes are not known to lie in a file
+    /// ([`StorageDesc::file`] is `None`).
+    pub fn new(
+        key: &'a str,
+        dtype: &'a str,
+        element_size: usize,
+        nbytes: usize,
+        saved_location: &'a str,
+    ) -> Self {
+        StorageDesc {
+            key,
+            dtype,
+            element_size,
+            nbytes,
+            saved_location,
+            file: None,
+        }
+    }
+
+    /// The same storage, with its bytes at `file` ([`StorageDesc::file`]); takes a
+    /// [`FileSpan`] or an `Option<FileSpan>` (`None` clears it).
+    pub fn with_file(mut self, file: impl Into<Option<FileSpan<'a>>>) -> Self {
+        self.file = file.into();
+        self
+    }
+}
+
 /// A storage's bytes in the checkpoint file: `nbytes` bytes at `offset`.
 #[derive(Debug, Clone, Copy)]
 pub struct FileSpan<'a> {
@@ -140,7 +207,20 @@ pub struct FileSpan<'a> {
 }
 
 /// What a backend can do; used by the registry and the conformance suite.
-#[derive(Debug, Clone, Default)]
+///
+/// Fields may be added. Other crates start from [`Capabilities::default`] (nothing claimed)
+/// and set what their backend has, with the `with_*` methods or by assigning fields:
+///
+/// ```
+/// use ptfile_backend::Capabilities;
+/// let caps = Capabilities::default().with_batched(true).with_max_allocation(1 << 30);
+/// let mut same = Capabilities::default();
+/// same.batched = true;
+/// same.max_allocation = Some(1 << 30);
+/// assert_eq!(caps, same);
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Capabilities {
     /// Largest single allocation, if the device has such a limit (wgpu's `max_buffer_size`).
     pub max_allocation: Option<u64>,
@@ -148,6 +228,24 @@ pub struct Capabilities {
     pub host_visible: bool,
     /// Whether [`Backend::materialize_many`] is more than a loop (coalescing, pipelining).
     pub batched: bool,
+}
+
+impl Capabilities {
+    /// With [`Capabilities::max_allocation`] set to `bytes`.
+    pub fn with_max_allocation(mut self, bytes: u64) -> Self {
+        self.max_allocation = Some(bytes);
+        self
+    }
+    /// With [`Capabilities::host_visible`] set.
+    pub fn with_host_visible(mut self, host_visible: bool) -> Self {
+        self.host_visible = host_visible;
+        self
+    }
+    /// With [`Capabilities::batched`] set.
+    pub fn with_batched(mut self, batched: bool) -> Self {
+        self.batched = batched;
+        self
+    }
 }
 
 /// A storage living on a device.
@@ -204,6 +302,12 @@ pub trait Backend: Send + Sync + 'static {
     fn describe_device(&self, index: usize) -> Option<String> {
         let _ = index;
         None
+    }
+    /// Which implementation this is, for messages that must tell two backends of one device
+    /// type apart (a registry refusing a duplicate names both). By default the Rust type
+    /// name, which starts with the crate's name (`ptfile_cuda::CudaBackend`).
+    fn backend_name(&self) -> &'static str {
+        std::any::type_name::<Self>()
     }
 }
 
@@ -322,7 +426,8 @@ pub fn copy_to_host(location: &str, src: &[u8], dst: &mut [u8]) -> Result<(), Ba
     Ok(())
 }
 
-/// A backend registered at link time with [`inventory::submit!`].
+/// A backend registered at link time with [`inventory::submit!`]. Its device type must be one
+/// no other backend of the build serves (see the crate documentation on conflicts).
 pub struct BackendRegistration {
     /// Registry priority: lower runs first (torch: cpu 10, cuda 20).
     pub priority: i32,
@@ -403,6 +508,56 @@ mod tests {
         assert!(Location::parse("").is_err());
         assert!(Location::parse("a b").is_err());
         assert_eq!(Location::parse("wgpu:0").unwrap().to_string(), "wgpu:0");
+    }
+
+    #[test]
+    fn constructors_fill_every_field() {
+        let d = StorageDesc::new("3", "bfloat16", 2, 10, "cuda:1");
+        assert_eq!(
+            (d.key, d.dtype, d.element_size, d.nbytes, d.saved_location),
+            ("3", "bfloat16", 2, 10, "cuda:1")
+        );
+        assert!(d.file.is_none());
+        let f = std::fs::File::open(std::env::current_exe().unwrap()).unwrap();
+        let d = d.with_file(FileSpan {
+            file: &f,
+            offset: 7,
+        });
+        assert_eq!(d.file.map(|s| s.offset), Some(7));
+        assert!(d.with_file(None).file.is_none());
+
+        let c = Capabilities::default()
+            .with_max_allocation(5)
+            .with_host_visible(true)
+            .with_batched(true);
+        assert_eq!(
+            (c.max_allocation, c.host_visible, c.batched),
+            (Some(5), true, true)
+        );
+    }
+
+    #[test]
+    fn backend_name_is_the_type_name() {
+        struct Mine;
+        impl Backend for Mine {
+            fn device_type(&self) -> &str {
+                "mine"
+            }
+            fn availability(&self) -> Availability {
+                Availability::Unavailable("test".into())
+            }
+            fn materialize(
+                &self,
+                _: Option<usize>,
+                _: &StorageDesc<'_>,
+                _: &[u8],
+            ) -> Result<Box<dyn DeviceStorage>, BackendError> {
+                unreachable!()
+            }
+        }
+        let b: Arc<dyn Backend> = Arc::new(Mine);
+        assert!(b.backend_name().ends_with("::Mine"), "{}", b.backend_name());
+        assert!(b.backend_name().starts_with("ptfile_backend::"));
     }
 
     #[test]

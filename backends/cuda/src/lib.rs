@@ -88,7 +88,18 @@ const REQUIRED_SYMBOLS: &[&str] = &[
 ///
 /// Host memory used by an upload is at most `slots * slot_bytes` (slots are allocated on first
 /// use and kept for later uploads; see [`CudaBackend::release_staging`]).
+///
+/// Fields may be added: build one with [`RingConfig::new`], or from [`RingConfig::default`]
+/// with the `with_*` methods.
+///
+/// ```
+/// use ptfile_cuda::RingConfig;
+/// let ring = RingConfig::default().with_slots(2).with_slot_bytes(8 << 20);
+/// assert_eq!((ring.slots, ring.slot_bytes), (2, 8 << 20));
+/// assert_eq!(RingConfig::new(3, 1000, 2).copy_threads, 2);
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct RingConfig {
     /// Number of staging slots; copies of up to this many slots are in flight at once.
     pub slots: usize,
@@ -112,6 +123,34 @@ impl Default for RingConfig {
 }
 
 impl RingConfig {
+    /// `slots` staging slots of `slot_bytes` bytes, each filled by up to `copy_threads` threads
+    /// (values of 0 count as 1).
+    pub fn new(slots: usize, slot_bytes: usize, copy_threads: usize) -> Self {
+        RingConfig {
+            slots,
+            slot_bytes,
+            copy_threads,
+        }
+    }
+
+    /// With [`RingConfig::slots`] set.
+    pub fn with_slots(mut self, slots: usize) -> Self {
+        self.slots = slots;
+        self
+    }
+
+    /// With [`RingConfig::slot_bytes`] set.
+    pub fn with_slot_bytes(mut self, slot_bytes: usize) -> Self {
+        self.slot_bytes = slot_bytes;
+        self
+    }
+
+    /// With [`RingConfig::copy_threads`] set.
+    pub fn with_copy_threads(mut self, copy_threads: usize) -> Self {
+        self.copy_threads = copy_threads;
+        self
+    }
+
     /// The defaults, overridden by [`ENV_SLOTS`], [`ENV_SLOT_MIB`], [`ENV_SLOT_KIB`] and
     /// [`ENV_COPY_THREADS`] where those hold positive integers (other values are ignored).
     pub fn from_env() -> Self {
@@ -263,12 +302,16 @@ impl CudaBackend {
         }
         let sources: Vec<HostSource<'_>> = items.iter().map(host_source).collect();
         let mut stager = RingStager { ring, slots, dsts };
-        let outcome = run_pipeline(&plan, &sources, &mut stager, self.ring.copy_threads);
-        if outcome.is_err() {
-            // The stream may hold failed work: start from a fresh ring next time.
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            run_pipeline(&plan, &sources, &mut stager, self.ring.copy_threads)
+        }));
+        if !matches!(outcome, Ok(Ok(()))) {
+            // The stream may hold failed or unfinished copies from the slots: drop the ring
+            // (its `Drop` synchronizes first) so the next batch starts from a fresh one. This
+            // is what lets `RingStager::staging` assume that no copy reads a slot it hands out.
             drop(guard.take());
         }
-        outcome
+        outcome.unwrap_or_else(|panic| std::panic::resume_unwind(panic))
     }
 }
 
@@ -542,8 +585,13 @@ impl Stager for RingStager<'_> {
     fn staging(&mut self, slot: usize) -> Result<&mut [u8], String> {
         let host = self.slot(slot)?.host;
         // SAFETY: `host` points to `slot_bytes` bytes of pinned memory from cuMemHostAlloc,
-        // owned by this ring (borrowed mutably here, so no other slice of it exists); the
-        // pipeline asks for a slot only after waiting for its event, so no copy reads it.
+        // owned by this ring (borrowed mutably here, so no other slice of it exists), and no
+        // copy reads it. Within a batch the pipeline asks for a slot only after waiting for the
+        // event recorded after the slot's last copies. A batch that succeeds ends with `finish`
+        // (the stream synchronized). One that fails or panics may leave copies in flight: then
+        // `CudaBackend::upload` drops the whole ring (`drop(guard.take())` after
+        // `run_pipeline`), and `Ring::drop` synchronizes the stream before freeing the slots,
+        // so a later batch starts from a new ring and never sees a slot with a pending copy.
         Ok(unsafe { std::slice::from_raw_parts_mut(host, self.ring.slot_bytes) })
     }
 
@@ -871,11 +919,7 @@ impl Backend for CudaBackend {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            max_allocation: None,
-            host_visible: false,
-            batched: true,
-        }
+        Capabilities::default().with_batched(true)
     }
 
     fn describe_device(&self, index: usize) -> Option<String> {
@@ -914,14 +958,7 @@ mod tests {
     use ptfile_backend::BackendExt;
 
     fn desc(key: &str, nbytes: usize) -> StorageDesc<'_> {
-        StorageDesc {
-            key,
-            dtype: "uint8",
-            element_size: 1,
-            nbytes,
-            saved_location: "cuda:0",
-            file: None,
-        }
+        StorageDesc::new(key, "uint8", 1, nbytes, "cuda:0")
     }
 
     #[test]

@@ -202,18 +202,26 @@ struct Piece {
     count: usize,
 }
 
-// SAFETY: a Piece stands for a `&mut [u8]` that `Pool::fill` split off its buffer (pieces are
-// disjoint) and for the `&[Segment]` it was given; `fill` keeps both borrowed until every
-// piece's thread has replied, so the memory is valid, the buffer piece is written by exactly
-// one thread and the segments are only read while the Piece is in use.
+// SAFETY: a Piece stands for a `&mut [u8]` that `Pool::fill` split off a staging buffer (the
+// pieces are disjoint, so each byte is written by exactly one thread) and for the `&[Segment]`
+// of the same fill, which is only read. What keeps the pointers valid for as long as a worker
+// can use them is `with_pool`: its workers are scoped threads, and `std::thread::scope` joins
+// every one of them before it returns *or* resumes a panic, while everything the pointers
+// refer to outlives that scope. The staging buffers belong to the `Stager` (the ring's pinned
+// slots), which `run_pipeline` borrows mutably for its whole call, around the scope; the
+// segments belong to the plan, borrowed for the whole call too. On the normal path `fill` also
+// waits for every delivered piece's reply before it returns, so a buffer is never handed out
+// again while a piece of it is being written. Should `fill` unwind instead (a panic in the
+// caller's own `copy_range`), it returns without those replies, nothing touches the buffer on
+// the way out, and the scope's join waits for the workers before the borrow of the slot ends.
 unsafe impl Send for Piece {}
 
 impl Piece {
     /// Fills the piece.
     ///
     /// # Safety
-    /// The buffer and segments the piece was made from are still borrowed by `Pool::fill`
-    /// (see `Piece`) and no other thread uses this piece's range.
+    /// The buffer and segments the piece was made from are still alive (see `Piece`: the
+    /// pool's scope outlives every use) and no other thread uses this piece's range.
     unsafe fn run(&self, sources: &[HostSource<'_>]) -> Result<(), String> {
         // SAFETY: guaranteed by the caller, as documented above.
         let (buf, segments) = unsafe {
@@ -251,7 +259,8 @@ pub(crate) fn with_pool<'a, R>(
                 .spawn_scoped(scope, move || {
                     for piece in rx {
                         let outcome = std::panic::catch_unwind(|| {
-                            // SAFETY: `Pool::fill` sent the piece and waits for this reply.
+                            // SAFETY: `Pool::fill` sent the piece, whose memory outlives
+                            // this scoped thread (see `Piece`), to this thread alone.
                             unsafe { piece.run(sources) }
                         })
                         .unwrap_or_else(|_| Err("a staging copy thread failed".to_string()));

@@ -36,14 +36,7 @@ fn main() {
     let bytes: Vec<u8> = (0..n)
         .map(|i| (i as u32).wrapping_mul(2_654_435_761) as u8)
         .collect();
-    let desc = StorageDesc {
-        key: "bench",
-        dtype: "uint8",
-        element_size: 1,
-        nbytes: n,
-        saved_location: "cpu",
-        file: None,
-    };
+    let desc = StorageDesc::new("bench", "uint8", 1, n, "cpu");
     let gbps = |bytes: usize, t: Duration| bytes as f64 / t.as_secs_f64() / 1e9;
 
     for chunk_mib in chunk_list {
@@ -94,11 +87,7 @@ fn main() {
         .enumerate()
         .map(|(i, k)| {
             (
-                StorageDesc {
-                    key: k,
-                    nbytes: small,
-                    ..desc.clone()
-                },
+                StorageDesc::new(k, desc.dtype, desc.element_size, small, desc.saved_location),
                 &bytes[i * small..(i + 1) * small],
             )
         })

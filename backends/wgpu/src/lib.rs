@@ -29,8 +29,7 @@
 //!
 //! let backend = ptfile_wgpu::backend();
 //! let bytes = [1u8, 2, 3, 4, 5];
-//! let desc = StorageDesc { key: "0", dtype: "uint8", element_size: 1, nbytes: 5,
-//!                          saved_location: "cpu", file: None };
+//! let desc = StorageDesc::new("0", "uint8", 1, 5, "cpu");
 //! let storage = backend.materialize(Some(0), &desc, &bytes)?;
 //! assert_eq!(storage.location(), "wgpu:0");
 //! let buffer: &wgpu::Buffer = storage.as_any().downcast_ref::<WgpuStorage>().unwrap().buffer();
@@ -227,14 +226,12 @@ impl Backend for WgpuBackend {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            max_allocation: gpu::adapters()
-                .ok()
-                .and_then(|a| a.slots.first())
-                .map(|s| s.limits.max_buffer_size),
-            host_visible: false,
-            batched: true,
-        }
+        let mut caps = Capabilities::default().with_batched(true);
+        caps.max_allocation = gpu::adapters()
+            .ok()
+            .and_then(|a| a.slots.first())
+            .map(|s| s.limits.max_buffer_size);
+        caps
     }
 
     fn describe_device(&self, index: usize) -> Option<String> {

@@ -51,14 +51,7 @@ fn pattern(n: usize, seed: u32) -> Vec<u8> {
 }
 
 fn desc(key: &str, nbytes: usize) -> StorageDesc<'_> {
-    StorageDesc {
-        key,
-        dtype: "uint8",
-        element_size: 1,
-        nbytes,
-        saved_location: "cpu",
-        file: None,
-    }
+    StorageDesc::new(key, "uint8", 1, nbytes, "cpu")
 }
 
 fn wgpu_storage(s: &dyn DeviceStorage) -> &WgpuStorage {
