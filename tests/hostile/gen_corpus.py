@@ -1771,8 +1771,6 @@ def gen_pickle_malformed():
         ("pm_readonly_buffer_non_buffer", b"\x80\x05K\x01\x98.", "error", "READONLY_BUFFER on an int"),
         ("pm_additems_to_list", b"\x80\x04](K\x01\x90.", "error", "ADDITEMS to a list"),
         ("pm_memoize_empty", b"\x80\x04\x94.", "error", "MEMOIZE on empty stack"),
-        ("pm_dict_list_key", b"\x80\x02}]K\x01s.", "ok_or_error", "dict with a list key (unhashable)"),
-        ("pm_dict_dict_key", b"\x80\x02}}K\x01s.", "ok_or_error", "dict with a dict key"),
         ("pm_binpersid_empty", b"\x80\x02Q.", "error", "BINPERSID on empty stack"),
         ("pm_persid_text_zip", b"P0\n.", "error", "protocol-0 PERSID in a zip"),
         ("pm_mark_then_setitems_nondict", b"\x80\x02K\x01(K\x02K\x03u.", "error", "SETITEMS on an int"),
@@ -1781,6 +1779,24 @@ def gen_pickle_malformed():
     ]
     for n, p, expect, note in items:
         add(n, C, torch_zip(p, {}), expect, note=note, pickles=[p], wellformed=False, is_zip=True)
+
+    # Keys Python cannot hash: its unpickler raises TypeError at the SETITEM(S)/DICT opcode
+    # that stores one (here always the last before STOP), so torch.load refuses the file.
+    unhashable = [
+        ("pm_dict_list_key", b"\x80\x02}]K\x01s.", "list", "dict with a list key"),
+        ("pm_dict_dict_key", b"\x80\x02}}K\x01s.", "dict", "dict with a dict key"),
+        ("pm_dict_set_key", b"\x80\x04}\x8fK\x01s.", "set", "dict with a set key"),
+        ("pm_dict_tuple_list_key", b"\x80\x02}K\x01]\x86K\x02s.", "list",
+         "dict with the key (1, []): a tuple holding a list"),
+        ("pm_dict_list_keys_setitems", b"\x80\x02}(K\x01K\x02]K\x03u.", "list",
+         "SETITEMS whose second key is a list"),
+        ("pm_ordered_dict_list_key", b"\x80\x02ccollections\nOrderedDict\n)R(]K\x01u.", "list",
+         "OrderedDict (a state_dict's type) with a list key"),
+    ]
+    for n, p, t, note in unhashable:
+        add(n, C, torch_zip(p, {}), "error",
+            must=[f"unhashable type: '{t}'", f"pickle byte offset {len(p) - 2}"],
+            note=note, pickles=[p], wellformed=True, is_zip=True)
 
 
 # ---- message injection ---------------------------------------------------------------------
