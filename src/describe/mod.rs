@@ -154,7 +154,7 @@ struct Describer<'a> {
 
 /// Most bytes of str and bytes values a description writes (a memoized 8 MB string
 /// referenced a thousand times must not become 8 GB of output).
-pub const MAX_TEXT_BYTES: u64 = 256 << 20;
+pub(crate) const MAX_TEXT_BYTES: u64 = 256 << 20;
 
 fn hex(b: &[u8]) -> String {
     let mut s = String::with_capacity(b.len() * 2);
@@ -518,7 +518,7 @@ fn channel_of(flat: usize, shape: &[i64], axis: usize) -> usize {
 
 /// sha256 of the tensor's elements in row-major order (little-endian), and its values when it
 /// has at most `max_values` elements.
-pub fn tensor_digest(t: &Tensor, bytes: &[u8], max_values: u64) -> (String, Option<Value>) {
+pub(crate) fn tensor_digest(t: &Tensor, bytes: &[u8], max_values: u64) -> (String, Option<Value>) {
     let es = t.dtype.element_size();
     let resolver = Resolver::new(t);
     let xform = resolver.is_some();
@@ -578,7 +578,7 @@ pub fn tensor_digest(t: &Tensor, bytes: &[u8], max_values: u64) -> (String, Opti
 
 /// One element (little-endian bytes) as a description value; None where torch gives no
 /// Python value (uint64, packed and bit types).
-pub fn element_json(dtype: DType, b: &[u8]) -> Option<Value> {
+pub(crate) fn element_json(dtype: DType, b: &[u8]) -> Option<Value> {
     if let Some(f) = float_value(dtype, b) {
         return Some(float_json(f));
     }

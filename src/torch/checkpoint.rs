@@ -202,7 +202,7 @@ impl Checkpoint {
 }
 
 /// Reverses each `unit`-byte group of `v` (byte-order swap).
-pub fn swap_in_place(v: &mut [u8], unit: usize) {
+pub(crate) fn swap_in_place(v: &mut [u8], unit: usize) {
     if unit > 1 {
         for c in v.chunks_exact_mut(unit) {
             c.reverse();

@@ -270,23 +270,23 @@ impl Object {
 }
 
 /// Longest key path [`Object::leaves`] builds before it stops growing.
-pub const MAX_PATH: usize = 512;
+pub(crate) const MAX_PATH: usize = 512;
 
 /// Longest key-path segment [`key_text`] produces (file keys can be megabytes long).
-pub const MAX_KEY_TEXT: usize = 64;
+pub(crate) const MAX_KEY_TEXT: usize = 64;
 
 /// How a dict key prints in a key path: at most [`MAX_KEY_TEXT`] characters (longer keys end
 /// in `...`), however large or deeply nested (tuple keys) the key is.
-pub fn key_text(k: &Object) -> String {
+pub(crate) fn key_text(k: &Object) -> String {
     key_text_max(k, MAX_KEY_TEXT)
 }
 
 /// Longest name segment [`name_text`] keeps (state-dict names of modules).
-pub const MAX_NAME_TEXT: usize = 256;
+pub(crate) const MAX_NAME_TEXT: usize = 256;
 
 /// A key as a state-dict name segment: like [`key_text`], but names up to [`MAX_NAME_TEXT`]
 /// characters are kept whole (torch's own attribute names are far shorter).
-pub fn name_text(k: &Object) -> String {
+pub(crate) fn name_text(k: &Object) -> String {
     key_text_max(k, MAX_NAME_TEXT)
 }
 
@@ -329,13 +329,13 @@ fn key_text_max(k: &Object, max: usize) -> String {
 /// Deepest object tree that is written out (descriptions, saves). The interpreter limits
 /// nesting per pickle path, but shared (memoized) subtrees can stack; walkers refuse beyond
 /// this.
-pub const MAX_TREE_DEPTH: usize = 1024;
+pub(crate) const MAX_TREE_DEPTH: usize = 1024;
 
 /// Sizes of an object tree: (distinct objects, nodes once every shared subtree is written out
 /// in full). A pickle's memo can share one container many times over, so a small file can
 /// describe an exponentially large tree; callers that write the tree out compare the two.
 /// Recursion is bounded by the interpreter's nesting limit.
-pub fn expansion(root: &Object) -> (u64, u64) {
+pub(crate) fn expansion(root: &Object) -> (u64, u64) {
     fn ptr(o: &Object) -> Option<usize> {
         Some(match o {
             Object::Tuple(x) | Object::List(x) | Object::Set(x) | Object::FrozenSet(x) => {
@@ -420,7 +420,7 @@ pub fn expansion(root: &Object) -> (u64, u64) {
 
 /// Whether writing `root` out in full would expand shared structure far beyond the objects
 /// it holds (a memo bomb): more than 16 nodes per distinct object and 100 000 in all.
-pub fn is_amplified(root: &Object) -> Option<(u64, u64)> {
+pub(crate) fn is_amplified(root: &Object) -> Option<(u64, u64)> {
     let (u, e) = expansion(root);
     (e > u.saturating_mul(16).saturating_add(100_000)).then_some((u, e))
 }

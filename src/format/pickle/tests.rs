@@ -1,3 +1,5 @@
+//! Tests of the pickle machine: every opcode, memo sharing, limits, hand-made pickles.
+
 use super::*;
 
 fn p(b: &[u8]) -> Pickle {
