@@ -501,3 +501,114 @@ fn device_index_out_of_range_is_a_reason() {
     let why = l.report.storages[0].fallback.clone().unwrap_or_default();
     assert!(why.contains("cpu:3 requested, 1 device present"), "{why}");
 }
+
+/// A CPU backend of the user's own, counting what it holds.
+struct CountingCpu(std::sync::atomic::AtomicUsize);
+impl Backend for CountingCpu {
+    fn device_type(&self) -> &str {
+        "cpu"
+    }
+    fn availability(&self) -> Availability {
+        Availability::Available { devices: 1 }
+    }
+    fn materialize(
+        &self,
+        _index: Option<usize>,
+        _desc: &StorageDesc<'_>,
+        bytes: &[u8],
+    ) -> Result<Box<dyn DeviceStorage>, BackendError> {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Ok(Box::new(HostStorage::new("cpu".into(), bytes.to_vec())))
+    }
+}
+
+#[test]
+fn a_cpu_backend_of_your_own_holds_every_cpu_storage_and_the_fallback() {
+    let mine = Arc::new(CountingCpu(Default::default()));
+    let registry = Registry::default().with(5, mine.clone()).unwrap();
+    let loader = Loader::new().registry(Arc::new(registry));
+    // cuda_mixed.pt: a cpu storage and a cuda:0 one (which falls back without a GPU, or is
+    // remapped to the CPU here).
+    let loaded = loader
+        .map_location(MapLocation::to("cpu"))
+        .load(fx("cuda_mixed.pt"))
+        .unwrap();
+    let n = loaded.checkpoint.storages.len();
+    assert_eq!(mine.0.load(std::sync::atomic::Ordering::SeqCst), n);
+    for s in loaded.storages() {
+        assert!(s.as_any().downcast_ref::<HostStorage>().is_some(), "{s:?}");
+    }
+    // The fallback from a device that does not exist goes through it too.
+    let before = mine.0.load(std::sync::atomic::Ordering::SeqCst);
+    let registry = Registry::default().with(5, mine.clone()).unwrap();
+    let loaded = Loader::new()
+        .registry(Arc::new(registry))
+        .map_location(MapLocation::to("nodev:3"))
+        .load(fx("cuda_mixed.pt"))
+        .unwrap();
+    assert!(loaded.report.storages.iter().all(|r| r.fallback.is_some()));
+    assert_eq!(mine.0.load(std::sync::atomic::Ordering::SeqCst) - before, n);
+}
+
+/// A device whose allocations always fail.
+struct Full;
+impl Backend for Full {
+    fn device_type(&self) -> &str {
+        "fulldev"
+    }
+    fn availability(&self) -> Availability {
+        Availability::Available { devices: 1 }
+    }
+    fn materialize(
+        &self,
+        _index: Option<usize>,
+        desc: &StorageDesc<'_>,
+        _bytes: &[u8],
+    ) -> Result<Box<dyn DeviceStorage>, BackendError> {
+        Err(BackendError::OutOfMemory {
+            device: "fulldev:0".into(),
+            bytes: desc.nbytes as u64,
+            reason: "no room".into(),
+        })
+    }
+}
+
+#[test]
+fn strict_errors_keep_the_backends_error_kind() {
+    let registry = Arc::new(Registry::default().with(12, Arc::new(Full)).unwrap());
+    let e = Loader::new()
+        .registry(registry.clone())
+        .strict(true)
+        .map_location(MapLocation::to("fulldev:0"))
+        .load(fx("seed_mymodule_state_dict.pt"))
+        .unwrap_err();
+    match &e {
+        ptfile::Error::Placement { source, .. } => assert!(
+            matches!(source.as_deref(), Some(BackendError::OutOfMemory { .. })),
+            "{source:?}"
+        ),
+        other => panic!("{other}"),
+    }
+    assert!(std::error::Error::source(&e).is_some());
+    // No backend at all for the location: no backend error to keep.
+    let e = Loader::new()
+        .strict(true)
+        .map_location(MapLocation::to("nodev:0"))
+        .load(fx("seed_mymodule_state_dict.pt"))
+        .unwrap_err();
+    assert!(
+        matches!(e, ptfile::Error::Placement { source: None, .. }),
+        "{e}"
+    );
+    // Without strict mode the out-of-memory storages fall back, with the reason.
+    let loaded = Loader::new()
+        .registry(registry)
+        .map_location(MapLocation::to("fulldev:0"))
+        .load(fx("seed_mymodule_state_dict.pt"))
+        .unwrap();
+    assert!(loaded.report.fallbacks().all(|r| r
+        .fallback
+        .as_deref()
+        .unwrap_or("")
+        .contains("no room")));
+}

@@ -294,6 +294,15 @@ impl Loader {
                 }
             })
             .collect();
+        // Two linked backends for one device type: refuse loads that need that type (the
+        // registry kept the first; which one the user meant is not ours to guess).
+        if let Some(c) = self.registry.conflicts().iter().find(|c| {
+            reports
+                .iter()
+                .any(|r| r.location.split(':').next() == Some(c.device_type.as_str()))
+        }) {
+            return Err(Error::Usage(c.to_string()));
+        }
         // Route every storage; batch those a backend serves directly.
         let mut batches: BTreeMap<(usize, usize), Vec<usize>> = BTreeMap::new();
         let mut single: Vec<(usize, crate::device::registry::Route)> = Vec::new();

@@ -290,11 +290,13 @@ impl Registry {
     /// Adds a backend at `priority`; entries of equal priority are asked in registration
     /// order. A second backend for a device type that already has one is an error naming
     /// both, except that a backend registered here replaces a *linked* backend of its type
-    /// (the application's explicit choice wins; the linked one's conflicts are settled).
+    /// (the application's explicit choice wins; the linked one's conflicts are settled) and
+    /// replaces ptfile's built-in CPU backend: a `cpu` backend of your own (pinned memory, a
+    /// pool) then holds every CPU storage, the CPU fallback included.
     pub fn register_backend(&mut self, priority: i32, backend: Arc<dyn Backend>) -> Result<()> {
         let ty = backend.device_type().to_string();
         let linked = self.entries.iter().position(|e| {
-            e.origin == Origin::Linked
+            matches!(e.origin, Origin::Linked | Origin::Cpu)
                 && matches!(&e.kind, EntryKind::Backend(b) if b.device_type() == ty)
         });
         if let Some(i) = linked {
@@ -683,14 +685,16 @@ mod tests {
         );
         assert!(r.conflicts()[1].message.contains("`bad:0`"));
         assert!(r.conflicts()[2].message.contains("not a valid device type"));
-        // The built-in CPU stays, and an explicit CPU does not replace it.
+        // The built-in CPU stays against a linked one; an explicit CPU replaces it (and
+        // settles the linked one's conflict), a second explicit one is an error.
         let s = r.restore(&desc(), &[0; 4], "cpu").unwrap();
         assert_eq!(s.location(), "cpu");
         let mut r = r;
-        assert!(r.register_backend(1, Arc::new(Other("cpu"))).is_err());
+        r.register_backend(1, Arc::new(Other("cpu"))).unwrap();
+        assert!(r.register_backend(2, Arc::new(CpuBackend)).is_err());
         let all = r.without_conflicts().err().map(|e| e.to_string()).unwrap();
         assert!(
-            all.contains("`bad:0`") && all.contains("CpuBackend"),
+            all.contains("`bad:0`") && !all.contains("CpuBackend"),
             "{all}"
         );
     }
@@ -781,8 +785,10 @@ mod tests {
             Some(vec![0xff, 0xfe, 0xfd, 0xfc]),
             "priority 5 runs before cpu at 10"
         );
+        // An explicit CPU backend replaces the built-in one; a second one is an error.
+        r.register_backend(1, Arc::new(CpuBackend)).unwrap();
         let err = r
-            .register_backend(1, Arc::new(CpuBackend))
+            .register_backend(2, Arc::new(CpuBackend))
             .err()
             .map(|e| e.to_string())
             .unwrap_or_default();

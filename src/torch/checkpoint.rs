@@ -46,6 +46,8 @@ pub enum Format {
     Legacy,
     /// The tar format of torch 0.1.
     Tar,
+    /// A `.safetensors` file.
+    Safetensors,
 }
 
 impl Format {
@@ -56,6 +58,7 @@ impl Format {
             Format::TorchScript => "torchscript",
             Format::Legacy => "legacy",
             Format::Tar => "tar",
+            Format::Safetensors => "safetensors",
         }
     }
 }

@@ -11,6 +11,7 @@ pub(crate) mod legacy;
 pub mod model;
 pub(crate) mod nn_module;
 mod open;
+pub(crate) mod safetensors;
 pub(crate) mod sparse;
 pub mod tensor;
 pub(crate) mod torchscript;

@@ -52,6 +52,9 @@ impl Checkpoint {
                 hint: "re-save it with a current torch".into(),
             });
         }
+        if crate::torch::safetensors::looks_like_safetensors(bytes) {
+            return crate::torch::safetensors::open(source);
+        }
         crate::torch::legacy::open(source, opts)
     }
 }
