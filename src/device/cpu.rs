@@ -105,7 +105,7 @@ impl MappedStorage {
             .data
             .ok_or_else(|| Error::invalid("storage has no data", format!("storage {:?}", s.key)))?;
         Ok(MappedStorage {
-            source: ckpt.source().clone(),
+            source: ckpt.storage_source(i).clone(),
             offset: off,
             len: s.nbytes,
         })

@@ -495,7 +495,7 @@ fn placement(r: &StorageReport, reason: String, source: Option<BackendError>) ->
 /// mapped and little endian (a big-endian file's bytes are swapped in memory first).
 fn desc_of(ckpt: &Checkpoint, i: usize) -> StorageDesc<'_> {
     let s = &ckpt.storages[i];
-    let file = match (ckpt.source().file(), s.data) {
+    let file = match (ckpt.storage_source(i).file(), s.data) {
         (Some(file), Some((offset, _))) if ckpt.byteorder == ByteOrder::Little => {
             Some(FileSpan { file, offset })
         }

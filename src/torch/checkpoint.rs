@@ -48,6 +48,8 @@ pub enum Format {
     Tar,
     /// A `.safetensors` file.
     Safetensors,
+    /// A model directory of shards named by an index (Hugging Face).
+    Sharded,
 }
 
 impl Format {
@@ -59,6 +61,7 @@ impl Format {
             Format::Legacy => "legacy",
             Format::Tar => "tar",
             Format::Safetensors => "safetensors",
+            Format::Sharded => "sharded",
         }
     }
 }
@@ -114,6 +117,11 @@ pub struct Checkpoint {
     /// warnings), printed by `ptfile inspect`.
     pub notes: Vec<String>,
     source: Source,
+    /// More sources, for checkpoints made of several files (a sharded directory): storage `i`
+    /// lives in `extra_sources[storage_source[i] - 1]` when `storage_source[i] > 0`, else in
+    /// `source`. Empty for single files.
+    extra_sources: Vec<Source>,
+    storage_source: Vec<u32>,
     /// Tensors by name, built on first use of [`Checkpoint::tensor`].
     pub(crate) tensor_index: std::sync::OnceLock<std::sync::Arc<crate::torch::walk::TensorIndex>>,
 }
@@ -162,8 +170,67 @@ impl Checkpoint {
             records,
             notes: Vec::new(),
             source,
+            extra_sources: Vec::new(),
+            storage_source: Vec::new(),
             tensor_index: Default::default(),
         })
+    }
+
+    /// One checkpoint made of several (the shards of a directory): `root` names tensors whose
+    /// storage indices are those of the shards' storages laid end to end, in `shards` order.
+    /// Every shard must have the same byte order.
+    pub(crate) fn from_shards(
+        format: Format,
+        root: Object,
+        shards: Vec<Checkpoint>,
+        records: Vec<(String, u64)>,
+    ) -> Result<Checkpoint> {
+        let mut it = shards.into_iter();
+        let Some(first) = it.next() else {
+            return Err(Error::invalid("no shards", "directory"));
+        };
+        let byteorder = first.byteorder;
+        let mut storages = first.storages;
+        let mut storage_source = vec![0u32; storages.len()];
+        let mut extra_sources = Vec::new();
+        for shard in it {
+            if shard.byteorder != byteorder {
+                return Err(Error::Unsupported {
+                    what: "shards of different byte orders".into(),
+                    location: "directory".into(),
+                    hint: "re-save the shards with one byte order".into(),
+                });
+            }
+            extra_sources.push(shard.source);
+            let k = extra_sources.len() as u32;
+            storage_source.extend(std::iter::repeat_n(k, shard.storages.len()));
+            storages.extend(shard.storages);
+        }
+        Ok(Checkpoint {
+            format,
+            root,
+            storages,
+            byteorder,
+            protocol: first.protocol,
+            info: ArchiveInfo::default(),
+            records,
+            notes: first.notes,
+            source: first.source,
+            extra_sources,
+            storage_source,
+            tensor_index: Default::default(),
+        })
+    }
+
+    /// The source (file) storage `i`'s bytes are in.
+    pub fn storage_source(&self, i: usize) -> &Source {
+        match self.storage_source.get(i) {
+            Some(&k) if k > 0 => self
+                .extra_sources
+                .get(k as usize - 1)
+                .unwrap_or(&self.source),
+            _ => &self.source,
+        }
     }
 
     /// The raw bytes of storage `i` as they are in the file (in the file's byte order).
@@ -175,7 +242,7 @@ impl Checkpoint {
         let (off, _) = s
             .data
             .ok_or_else(|| Error::invalid("storage has no data", format!("storage {:?}", s.key)))?;
-        self.source.slice(off, s.nbytes).ok_or_else(|| {
+        self.storage_source(i).slice(off, s.nbytes).ok_or_else(|| {
             Error::invalid("storage data past the end", format!("storage {:?}", s.key))
         })
     }
@@ -193,7 +260,8 @@ impl Checkpoint {
         Ok(Cow::Owned(v))
     }
 
-    /// The underlying bytes.
+    /// The underlying bytes (of the first file, for a checkpoint made of several; see
+    /// [`Checkpoint::storage_source`]).
     pub fn source(&self) -> &Source {
         &self.source
     }

@@ -12,6 +12,7 @@ pub mod model;
 pub(crate) mod nn_module;
 mod open;
 pub(crate) mod safetensors;
+pub(crate) mod shards;
 pub(crate) mod sparse;
 pub mod tensor;
 pub(crate) mod torchscript;

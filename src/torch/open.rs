@@ -17,9 +17,17 @@ impl Checkpoint {
         Checkpoint::open_with(path, &OpenOptions::default())
     }
 
-    /// Opens a checkpoint file.
+    /// Opens a checkpoint file, a model directory (`model.safetensors`, `pytorch_model.bin`,
+    /// or the shards an `*.index.json` names, as transformers finds them), or an index file.
     pub fn open_with(path: impl AsRef<Path>, opts: &OpenOptions) -> Result<Checkpoint> {
-        let source = Source::open(path.as_ref())?;
+        let path = path.as_ref();
+        if path.is_dir() {
+            return crate::torch::shards::open_dir(path, opts);
+        }
+        if crate::torch::shards::is_index(path) {
+            return crate::torch::shards::open_index(path, opts);
+        }
+        let source = Source::open(path)?;
         Checkpoint::from_source(source, opts)
     }
 

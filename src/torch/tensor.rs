@@ -166,7 +166,7 @@ impl ViewSource for Checkpoint {
     fn anchor(&self, i: usize) -> Option<Anchor> {
         let b = self.borrowed(i)?;
         Some(Anchor {
-            owner: Arc::new(self.source().clone()),
+            owner: Arc::new(self.storage_source(i).clone()),
             addr: b.as_ptr() as u64,
             device: ("cpu", 0),
             read_only: true,
