@@ -495,10 +495,12 @@ fn placement(r: &StorageReport, reason: String, source: Option<BackendError>) ->
 /// mapped and little endian (a big-endian file's bytes are swapped in memory first).
 fn desc_of(ckpt: &Checkpoint, i: usize) -> StorageDesc<'_> {
     let s = &ckpt.storages[i];
-    let file = match (ckpt.storage_source(i).file(), s.data) {
-        (Some(file), Some((offset, _))) if ckpt.byteorder == ByteOrder::Little => {
-            Some(FileSpan { file, offset })
-        }
+    let source = ckpt.storage_source(i);
+    let file = match (source.file(), s.data) {
+        (Some(file), Some((offset, _))) if ckpt.byteorder == ByteOrder::Little => Some(FileSpan {
+            file,
+            offset: offset + source.file_offset(),
+        }),
         _ => None,
     };
     StorageDesc::new(

@@ -9,7 +9,12 @@ use super::{FormatError as Error, Result};
 /// The bytes of a checkpoint: a read-only memory map of a file, or owned bytes.
 /// Cloning is cheap (shared).
 #[derive(Clone)]
-pub struct Source(Arc<Backing>);
+pub struct Source {
+    backing: Arc<Backing>,
+    /// The window of the backing bytes this source is (all of them unless made by `sub`).
+    start: usize,
+    len: usize,
+}
 
 enum Backing {
     Map(memmap2::Mmap, std::fs::File),
@@ -18,7 +23,7 @@ enum Backing {
 
 impl std::fmt::Debug for Source {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let kind = match &*self.0 {
+        let kind = match &*self.backing {
             Backing::Map(..) => "mmap",
             Backing::Owned(_) => "owned",
         };
@@ -48,25 +53,54 @@ impl Source {
         // bounds-checked against `len()`.
         #[allow(unsafe_code)]
         let map = unsafe { memmap2::MmapOptions::new().map(&file) }.map_err(io)?;
-        Ok(Source(Arc::new(Backing::Map(map, file))))
+        let len = map.len();
+        Ok(Source {
+            backing: Arc::new(Backing::Map(map, file)),
+            start: 0,
+            len,
+        })
     }
 
     /// Wraps owned bytes.
     pub fn from_vec(v: Vec<u8>) -> Source {
-        Source(Arc::new(Backing::Owned(v)))
+        let len = v.len();
+        Source {
+            backing: Arc::new(Backing::Owned(v)),
+            start: 0,
+            len,
+        }
+    }
+
+    /// `len` bytes from `offset` of this source as a source of their own (a file embedded in
+    /// another, such as the archives of a DCP `.distcp` file), sharing the same memory; None
+    /// when the range is out of bounds.
+    pub fn sub(&self, offset: u64, len: u64) -> Option<Source> {
+        self.slice(offset, len)?;
+        Some(Source {
+            backing: self.backing.clone(),
+            start: self.start + offset as usize,
+            len: len as usize,
+        })
+    }
+
+    /// Offset of this source's first byte in its file ([`Source::file`]); 0 unless made by
+    /// [`Source::sub`].
+    pub fn file_offset(&self) -> u64 {
+        self.start as u64
     }
 
     /// All bytes.
     pub fn bytes(&self) -> &[u8] {
-        match &*self.0 {
+        let all: &[u8] = match &*self.backing {
             Backing::Map(m, _) => m,
             Backing::Owned(v) => v,
-        }
+        };
+        &all[self.start..self.start + self.len]
     }
 
     /// Length in bytes.
     pub fn len(&self) -> usize {
-        self.bytes().len()
+        self.len
     }
 
     /// Whether the source is empty.
@@ -84,9 +118,9 @@ impl Source {
     }
 
     /// The mapped file, when the bytes come from a memory map (`bytes()[i]` is the file's byte
-    /// `i`).
+    /// `i + file_offset()`).
     pub fn file(&self) -> Option<&std::fs::File> {
-        match &*self.0 {
+        match &*self.backing {
             Backing::Map(_, file) => Some(file),
             Backing::Owned(_) => None,
         }
@@ -94,18 +128,24 @@ impl Source {
 
     /// Whether the bytes come from a memory map.
     pub fn is_mapped(&self) -> bool {
-        matches!(&*self.0, Backing::Map(..))
+        matches!(&*self.backing, Backing::Map(..))
     }
 
     /// Copies `dst.len()` bytes starting at `offset` into `dst`. For a mapped file this reads
     /// with `pread`, so the bytes go straight from the page cache into `dst` without mapping
     /// the file's pages into this process (no page faults on the map, no resident map pages).
     pub fn read_into(&self, offset: u64, dst: &mut [u8]) -> std::io::Result<()> {
-        match &*self.0 {
+        match &*self.backing {
             #[cfg(unix)]
             Backing::Map(_, file) => {
                 use std::os::unix::fs::FileExt;
-                file.read_exact_at(dst, offset)
+                if offset.saturating_add(dst.len() as u64) > self.len as u64 {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        "read past the end",
+                    ));
+                }
+                file.read_exact_at(dst, offset + self.start as u64)
             }
             _ => {
                 let src = self.slice(offset, dst.len() as u64).ok_or_else(|| {

@@ -50,6 +50,8 @@ pub enum Format {
     Safetensors,
     /// A model directory of shards named by an index (Hugging Face).
     Sharded,
+    /// A `torch.distributed.checkpoint` directory.
+    Dcp,
 }
 
 impl Format {
@@ -62,6 +64,7 @@ impl Format {
             Format::Tar => "tar",
             Format::Safetensors => "safetensors",
             Format::Sharded => "sharded",
+            Format::Dcp => "dcp",
         }
     }
 }

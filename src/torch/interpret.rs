@@ -86,22 +86,63 @@ pub fn storage_nbytes(numel: i64, dtype: Option<DType>, at: &str) -> Result<u64>
 
 /// Options of the interpreter.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct InterpretOptions {
     /// Deepest nesting of containers accepted.
     pub max_depth: usize,
+    /// Reading a `torch.distributed.checkpoint` `.metadata` pickle: its own classes (and
+    /// `pathlib` paths) are data there, and only there.
+    pub(crate) dcp_metadata: bool,
 }
 
 impl Default for InterpretOptions {
     fn default() -> Self {
-        InterpretOptions { max_depth: 256 }
+        InterpretOptions {
+            max_depth: 256,
+            dcp_metadata: false,
+        }
     }
 }
 
+/// The globals a `torch.distributed.checkpoint` `.metadata` pickle names (torch 2.15), kept
+/// as opaque data in that one context; every other global is judged as anywhere.
+const DCP_GLOBALS: &[(&str, &str)] = &[
+    ("torch.distributed.checkpoint.metadata", "Metadata"),
+    (
+        "torch.distributed.checkpoint.metadata",
+        "TensorStorageMetadata",
+    ),
+    (
+        "torch.distributed.checkpoint.metadata",
+        "ChunkStorageMetadata",
+    ),
+    (
+        "torch.distributed.checkpoint.metadata",
+        "BytesStorageMetadata",
+    ),
+    ("torch.distributed.checkpoint.metadata", "MetadataIndex"),
+    ("torch.distributed.checkpoint.metadata", "StorageMeta"),
+    ("torch.distributed.checkpoint.metadata", "TensorProperties"),
+    (
+        "torch.distributed.checkpoint.metadata",
+        "_MEM_FORMAT_ENCODING",
+    ),
+    ("torch.distributed.checkpoint.filesystem", "_StorageInfo"),
+    ("pathlib", "PosixPath"),
+    ("pathlib", "WindowsPath"),
+    ("pathlib", "PurePosixPath"),
+    ("pathlib", "PureWindowsPath"),
+];
+
 /// Scans every global of a pickle and refuses the file if one may only serve an attack.
-pub fn check_globals(p: &Pickle, record: &str) -> Result<()> {
+/// With `dcp`, the DCP metadata classes ([`DCP_GLOBALS`]) are data.
+fn check_globals(p: &Pickle, record: &str, dcp: bool) -> Result<()> {
     for n in p.nodes() {
         match n {
-            Node::Global(g) if denylist::denied(&g.module, &g.name) => {
+            Node::Global(g)
+                if denylist::denied(&g.module, &g.name)
+                    && !(dcp && DCP_GLOBALS.contains(&(&*g.module, &*g.name))) =>
+            {
                 return Err(Error::Unsafe {
                     global: format!("{}.{}", g.module, g.name),
                     record: record.to_string(),
@@ -129,7 +170,7 @@ pub fn interpret(
     table: &mut StorageTable,
     opts: &InterpretOptions,
 ) -> Result<Object> {
-    check_globals(pickle, record)?;
+    check_globals(pickle, record, opts.dcp_metadata)?;
     let mut it = Interp {
         p: pickle,
         record,

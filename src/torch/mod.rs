@@ -3,6 +3,7 @@
 //! the readers of each checkpoint format (zip, legacy stream and tar, TorchScript).
 
 pub mod checkpoint;
+pub(crate) mod dcp;
 pub(crate) mod denylist;
 pub mod dtype;
 pub(crate) mod elements;

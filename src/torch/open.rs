@@ -22,6 +22,9 @@ impl Checkpoint {
     pub fn open_with(path: impl AsRef<Path>, opts: &OpenOptions) -> Result<Checkpoint> {
         let path = path.as_ref();
         if path.is_dir() {
+            if crate::torch::dcp::is_dcp_dir(path) {
+                return crate::torch::dcp::open_dir(path, opts);
+            }
             return crate::torch::shards::open_dir(path, opts);
         }
         if crate::torch::shards::is_index(path) {
