@@ -48,7 +48,7 @@ missing() {
 # import is most of the time this script takes when there is nothing to do).
 venv_versions() {
     [ -x "$VENV/bin/python" ] &&
-        "$VENV/bin/python" -c 'import torch, numpy, safetensors, huggingface_hub; print("torch", torch.__version__, "numpy", numpy.__version__, "safetensors", safetensors.__version__, "huggingface_hub", huggingface_hub.__version__)' 2>/dev/null
+        "$VENV/bin/python" -c 'import torch, numpy, safetensors, huggingface_hub, zstandard; print("torch", torch.__version__, "numpy", numpy.__version__, "safetensors", safetensors.__version__, "huggingface_hub", huggingface_hub.__version__)' 2>/dev/null
 }
 
 if [ "${PTFILE_SKIP_VENV:-0}" = 1 ]; then
@@ -75,18 +75,18 @@ else
                 fi
             fi
         fi
-        say "pip install $TORCH_SPEC numpy safetensors huggingface_hub (the default torch wheel is large; this takes a minute)"
+        say "pip install $TORCH_SPEC numpy safetensors huggingface_hub zstandard (the default torch wheel is large; this takes a minute)"
         start=$(date +%s)
         "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --progress-bar off \
-            "$TORCH_SPEC" numpy safetensors huggingface_hub
+            "$TORCH_SPEC" numpy safetensors huggingface_hub zstandard
         say "pip done in $(( $(date +%s) - start )) s"
         # The pip cache of a 5 GB install is only dead weight on a CI machine.
         if [ "${CI:-}" = true ]; then "$VENV/bin/python" -m pip cache purge >/dev/null 2>&1 || true; fi
         if versions=$(venv_versions); then
             say ".venv ready: $versions"
         else
-            say "ERROR: .venv still cannot import torch, numpy, safetensors, huggingface_hub"
-            "$VENV/bin/python" -c "import torch, numpy, safetensors, huggingface_hub" || true
+            say "ERROR: .venv still cannot import torch, numpy, safetensors, huggingface_hub, zstandard"
+            "$VENV/bin/python" -c "import torch, numpy, safetensors, huggingface_hub, zstandard" || true
             exit 1
         fi
     fi

@@ -1,5 +1,6 @@
 //! `torch.distributed.checkpoint` directories written by torch itself (tests/python/make_dcp.py:
-//! one process with nesting, views, 0-d, empty and non-tensor values; one file per item; two
+//! one process with nesting, views, 0-d, empty and non-tensor values; one file per item;
+//! zstd-compressed items (the ZStandard extension); two
 //! gloo ranks with uneven DTensor shards; per-rank metadata without collectives): ptfile's
 //! description of each equals torch's description of what `dcp_to_torch_save` makes of it,
 //! through `inspect`, `load` and `convert`; damaged or hostile directories are errors naming
@@ -50,7 +51,7 @@ fn dcp_directories_read_as_dcp_to_torch_save_gives_them() {
     let o = Command::new(&py).arg(&script).arg(&root).output().unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let names: Vec<String> = serde_json::from_slice(&o.stdout).unwrap();
-    assert_eq!(names.len(), 4, "{names:?}");
+    assert_eq!(names.len(), 5, "{names:?}");
     for name in &names {
         let expected = &root.join(format!("{name}.json"));
         let dir = root.join(name);
@@ -111,6 +112,7 @@ fn dcp_directories_read_as_dcp_to_torch_save_gives_them() {
     let cases: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     let needles = [
         ("past_eof", "runs past the end of the file"),
+        ("zstd_bomb", "expands past"),
         ("escape", "not a plain name inside the checkpoint directory"),
         (
             "absolute",

@@ -341,7 +341,7 @@ pub(crate) fn open_dir(dir: &Path, opts: &OpenOptions) -> Result<Checkpoint> {
                     .storage
                     .get(&(key.clone(), None))
                     .ok_or_else(|| bad(format!("{key}: no storage for its bytes"), &at))?;
-                let inner = open_item(dir, info, key, opts, &mut sources)?;
+                let inner = open_item(dir, info, key, MAX_BYTES_ITEM, opts, &mut sources)?;
                 records.push((
                     format!("{} @ {}", info.relative_path, info.offset),
                     info.length,
@@ -402,21 +402,73 @@ pub(crate) fn open_dir(dir: &Path, opts: &OpenOptions) -> Result<Checkpoint> {
     Checkpoint::from_shards(Format::Dcp, root, shards, records)
 }
 
+/// The transform descriptor of torch's ZStandard extension.
+const ZSTD: &str = "stream.zstd/1";
+/// Largest decompressed bytes item (non-tensor values).
+const MAX_BYTES_ITEM: u64 = 256 << 20;
+/// Room for the archive around a tensor chunk's bytes (records, pickle, alignment).
+const ARCHIVE_SLACK: u64 = 16 << 20;
+
+/// Decompresses the zstd frames of an item, refusing more than `limit` bytes of output (a
+/// small item cannot expand into unbounded memory).
+fn unzstd(mut input: &[u8], limit: u64, key: &str, at: &str) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let mut out = Vec::new();
+    while !input.is_empty() {
+        let mut dec = ruzstd::decoding::StreamingDecoder::new(&mut input).map_err(|e| {
+            Error::format(
+                format!("{key}: zstd item: {e}"),
+                at.to_string(),
+                "the item is damaged",
+            )
+        })?;
+        let room = limit.saturating_sub(out.len() as u64);
+        let n = (&mut dec)
+            .take(room.saturating_add(1))
+            .read_to_end(&mut out)
+            .map_err(|e| {
+                Error::format(
+                    format!("{key}: zstd item: {e}"),
+                    at.to_string(),
+                    "the item is damaged",
+                )
+            })?;
+        if out.len() as u64 > limit {
+            return Err(Error::invalid(
+                format!("{key}: zstd item expands past {limit} bytes"),
+                at.to_string(),
+            ));
+        }
+        if n == 0 {
+            break;
+        }
+    }
+    Ok(out)
+}
+
 /// The torch.save archive of one item.
 fn open_item(
     dir: &Path,
     info: &StorageInfo,
     key: &str,
+    limit: u64,
     opts: &OpenOptions,
     sources: &mut HashMap<String, Source>,
 ) -> Result<Checkpoint> {
-    if let Some(t) = info.transforms.first() {
-        return Err(Error::Unsupported {
-            what: format!("{key}: transform {t:?} of its item"),
-            location: info.relative_path.clone(),
-            hint: "save the checkpoint without _extensions (compression)".into(),
-        });
-    }
+    let zstd = match &info.transforms[..] {
+        [] => false,
+        [t] if t == ZSTD => true,
+        ts => {
+            let t = ts.iter().find(|t| *t != ZSTD).unwrap_or(&ts[0]);
+            return Err(Error::Unsupported {
+                what: format!("{key}: transform {t:?} of its item"),
+                location: info.relative_path.clone(),
+                hint:
+                    "ptfile reads items saved plain or with the ZStandard extension (stream.zstd/1)"
+                        .into(),
+            });
+        }
+    };
     let src = match sources.get(&info.relative_path) {
         Some(s) => s.clone(),
         None => {
@@ -436,6 +488,11 @@ fn open_item(
             &info.relative_path,
         )
     })?;
+    let sub = if zstd {
+        Source::from_vec(unzstd(sub.bytes(), limit, key, &info.relative_path)?)
+    } else {
+        sub
+    };
     let mut c = Checkpoint::from_source(sub, opts).map_err(|e| match e {
         Error::Unsafe { global, offset, .. } => Error::Unsafe {
             global,
@@ -553,7 +610,20 @@ fn tensor_of(
                     at,
                 )
             })?;
-        let inner = open_item(dir, info, key, opts, sources)?;
+        let chunk_bytes = c
+            .sizes
+            .iter()
+            .map(|&s| s as u64)
+            .product::<u64>()
+            .saturating_mul(dtype.element_size() as u64);
+        let inner = open_item(
+            dir,
+            info,
+            key,
+            chunk_bytes.saturating_add(ARCHIVE_SLACK),
+            opts,
+            sources,
+        )?;
         let t = match &inner.root {
             Object::Tensor(t) => t.clone(),
             _ => {

@@ -11,6 +11,7 @@ usage: make_dcp.py OUT_DIR    writes OUT_DIR/NAME (the checkpoint) and OUT_DIR/N
   many_files one process, single_file_per_rank=False (one .distcp per item)
   sharded    2 gloo ranks: DTensors Shard(0) uneven (5 rows over 2), Shard(1), Replicate()
   per_rank   2 gloo ranks with use_collectives=False: per-rank __N.metadata files
+  zstd       `single` saved with the ZStandard extension (stream.zstd/1 items)
 """
 import json
 import os
@@ -96,6 +97,11 @@ def main(root):
         storage_writer=dcp.FileSystemWriter(out, single_file_per_rank=False),
     )
     result["many_files"] = expected(out)
+    from torch.distributed.checkpoint._extension import ZStandard
+
+    out = os.path.join(root, "zstd")
+    dcp.save(single_state(), storage_writer=dcp.FileSystemWriter(out, _extensions=[ZStandard()]))
+    result["zstd"] = expected(out)
     out = os.path.join(root, "sharded")
     spawn(out, True)
     result["sharded"] = expected(out)
@@ -162,6 +168,17 @@ def hostile(src, root):
         c = t.chunks[0]
         t.chunks[0] = type(c)(offsets=c.offsets, sizes=torch.Size([9, 4]))
 
+    def zstd_bomb(md, d):
+        import zstandard
+
+        idx, info = first(md)
+        with open(os.path.join(d, "bomb.distcp"), "wb") as f:
+            f.write(zstandard.ZstdCompressor().compress(bytes(64 << 20)))
+            n = f.tell()
+        info.relative_path, info.offset, info.length = "bomb.distcp", 0, n
+        info.transform_descriptors = ["stream.zstd/1"]
+
+    variant("zstd_bomb", zstd_bomb)
     variant("past_eof", past_eof)
     variant("escape", escape)
     variant("absolute", absolute)
