@@ -107,6 +107,9 @@
 //! | `cuda` | | the CUDA backend (cudarc; the driver is loaded at run time, so it builds anywhere) |
 //! | `wgpu` | | the wgpu backend (Vulkan, Metal, DX12) |
 //! | `conformance` | | the public conformance suite for backends |
+//! | `dlpack` | | `TensorView::to_dlpack`, `Loaded::storage_to_dlpack`: versioned DLPack tensors, zero-copy |
+//! | `ndarray` | | `TensorView::to_ndarray` (a copy) and `TensorView::as_array_view` (zero-copy, strided) |
+//! | `candle` | | `ptfile::candle`: `load` (every tensor as a `candle_core::Tensor`) and a lazy `var_builder` for candle-nn models (CPU candle; candle's own `cuda` feature cannot share a build with ptfile's `cuda`) |
 //!
 //! ## Layers
 //!
@@ -151,11 +154,15 @@ mod torch;
 #[cfg(feature = "conformance")]
 pub use device::conformance;
 pub use device::registry;
+#[cfg(feature = "candle")]
+pub use interop::candle;
 #[cfg(feature = "dlpack")]
 pub use interop::dlpack;
 pub use torch::interpret::InterpretOptions;
 pub use torch::{dtype, model};
 
+pub use device::device_map;
+pub use device::device_map::DeviceMap;
 pub use device::load::{CpuMode, LoadReport, Loaded, Loader, StorageReport};
 pub use device::map_location::MapLocation;
 pub use device::registry::Registry;
@@ -170,6 +177,10 @@ pub use torch::tensor::{Element, TensorView};
 
 pub use bytemuck;
 pub use half;
+/// The ndarray crate (feature `ndarray`), re-exported: the version
+/// [`TensorView::to_ndarray`] and [`TensorView::as_array_view`] return arrays of.
+#[cfg(feature = "ndarray")]
+pub use ndarray;
 /// The backend contract (`ptfile-backend`), re-exported: implement [`backend::Backend`] to
 /// register a device of your own.
 pub use ptfile_backend as backend;

@@ -27,7 +27,13 @@ enum Cmd {
         /// --json), and most entries the listing prints (default 2000; then it is cut short).
         #[arg(long, value_name = "N")]
         max_nodes: Option<usize>,
-        /// The checkpoint file.
+        /// Show the plan of a device map (as `load --device-map`) without loading.
+        #[arg(long = "device-map", value_name = "SPEC")]
+        device_map: Vec<String>,
+        /// Budgets for `--device-map auto` (`DEVICE=BYTES`, repeatable).
+        #[arg(long = "max-memory", value_name = "DEVICE=BYTES")]
+        max_memory: Vec<String>,
+        /// The checkpoint file or model directory.
         file: PathBuf,
     },
     /// Materialize every storage on the device asked for (or as saved), with CPU fallback.
@@ -107,21 +113,29 @@ fn run(cli: Cli) -> ptfile::Result<()> {
         Cmd::Inspect {
             json,
             max_nodes,
+            device_map,
+            max_memory,
             file,
         } => {
+            let map = ptfile::DeviceMap::parse_specs(&device_map, &max_memory)?;
             let ckpt = ptfile::Checkpoint::open(&file)?;
+            let plan = ptfile::Loader::new().device_map(map).plan(&ckpt)?;
             let mut opts = ptfile::describe::DescribeOptions::default();
             if let Some(n) = max_nodes {
                 opts.max_nodes = n;
                 opts.max_listed = n;
             }
+            let mut so = std::io::stdout().lock();
             let out = if json {
-                let v = ptfile::describe::describe_with(&ckpt, &ckpt.root, &ckpt, &opts)?;
+                let mut v = ptfile::describe::describe_with(&ckpt, &ckpt.root, &ckpt, &opts)?;
+                if !plan.blocks.is_empty() {
+                    v["device_map"] = plan.to_json();
+                }
                 serde_json::to_string(&v).map_err(|e| ptfile::Error::Usage(e.to_string()))?
             } else {
+                cli::load::print_plan(&mut so, &plan);
                 ptfile::describe::human_with(&ckpt, &opts)
             };
-            let mut so = std::io::stdout().lock();
             let _ = writeln!(so, "{out}");
             Ok(())
         }

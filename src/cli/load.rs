@@ -20,7 +20,16 @@ pub struct LoadArgs {
     /// Print the JSON description, with devices and hashes read back from each device.
     #[arg(long)]
     pub json: bool,
-    /// The checkpoint file.
+    /// Spread the model over devices, as accelerate's device_map: `PREFIX=DEVICE`
+    /// (repeatable; the longest matching prefix wins) or `auto` (devices filled in order, each
+    /// block such as `model.layers.N` whole on one device, the rest on the CPU).
+    #[arg(long = "device-map", value_name = "SPEC")]
+    pub device_map: Vec<String>,
+    /// With `--device-map auto`: at most BYTES on DEVICE (`cuda:0=20GiB`, repeatable; the
+    /// devices fill in the order given).
+    #[arg(long = "max-memory", value_name = "DEVICE=BYTES")]
+    pub max_memory: Vec<String>,
+    /// The checkpoint file or model directory.
     pub file: PathBuf,
 }
 
@@ -38,8 +47,11 @@ pub fn loader(map_location: &[String], strict: bool, mmap: bool) -> ptfile::Resu
 
 /// Runs the subcommand.
 pub fn run(args: &LoadArgs) -> ptfile::Result<()> {
-    let loader = loader(&args.map_location, args.strict, args.mmap)?;
+    let loader = loader(&args.map_location, args.strict, args.mmap)?.device_map(
+        ptfile::DeviceMap::parse_specs(&args.device_map, &args.max_memory)?,
+    );
     let ckpt = Checkpoint::open(&args.file)?;
+    let plan = loader.plan(&ckpt)?;
     let total = ckpt.total_storage_bytes();
     let bar = (std::io::stderr().is_terminal() && total >= 256 << 20).then(|| {
         let b = indicatif::ProgressBar::new(total);
@@ -61,12 +73,16 @@ pub fn run(args: &LoadArgs) -> ptfile::Result<()> {
     }
     let mut out = std::io::stdout().lock();
     if args.json {
-        let v = loaded.describe()?;
+        let mut v = loaded.describe()?;
+        if !plan.blocks.is_empty() {
+            v["device_map"] = plan.to_json();
+        }
         let s = serde_json::to_string(&v).map_err(|e| ptfile::Error::Usage(e.to_string()))?;
         let _ = writeln!(out, "{s}");
         return Ok(());
     }
     let rep = &loaded.report;
+    print_plan(&mut out, &plan);
     let _ = writeln!(
         out,
         "loaded {} storages, {}",
@@ -101,4 +117,26 @@ pub fn run(args: &LoadArgs) -> ptfile::Result<()> {
         let _ = writeln!(out, "  fell back to cpu: {n} storages mapped to {loc}: {r}");
     }
     Ok(())
+}
+
+/// The device map's plan, a line per device: how many blocks and bytes, first and last block.
+pub fn print_plan(out: &mut dyn Write, plan: &ptfile::device_map::Plan) {
+    let mut per: Vec<(&str, usize, u64, &str, &str)> = Vec::new();
+    for (b, d, n) in &plan.blocks {
+        match per.iter_mut().find(|p| p.0 == d) {
+            Some(p) => {
+                p.1 += 1;
+                p.2 += n;
+                p.4 = b;
+            }
+            None => per.push((d, 1, *n, b, b)),
+        }
+    }
+    for (d, k, n, first, last) in per {
+        let _ = writeln!(
+            out,
+            "device map: {d}: {k} blocks ({first} .. {last}), {}",
+            ptfile::describe::human_bytes(n)
+        );
+    }
 }

@@ -42,6 +42,7 @@ use serde_json::{json, Map, Value};
 
 use crate::describe::StorageBytes;
 use crate::device::cpu::MappedStorage;
+use crate::device::device_map::DeviceMap;
 use crate::device::map_location::MapLocation;
 use crate::device::registry::Registry;
 use crate::error::{Error, Result};
@@ -67,6 +68,7 @@ pub struct Loader {
     strict: bool,
     cpu_mode: CpuMode,
     open: OpenOptions,
+    device_map: DeviceMap,
 }
 
 impl Default for Loader {
@@ -223,7 +225,18 @@ impl Loader {
             strict: false,
             cpu_mode: CpuMode::Owned,
             open: OpenOptions::default(),
+            device_map: DeviceMap::default(),
         }
+    }
+    /// Spreads the model over several devices ([`DeviceMap`]): where the map names a device
+    /// for a storage, it overrides map_location.
+    pub fn device_map(mut self, map: DeviceMap) -> Loader {
+        self.device_map = map;
+        self
+    }
+    /// The plan the device map makes for `ckpt` (what `load` will apply).
+    pub fn plan(&self, ckpt: &Checkpoint) -> Result<crate::device::device_map::Plan> {
+        self.device_map.plan(ckpt, &self.registry)
     }
     /// Uses `registry`.
     pub fn registry(mut self, registry: Arc<Registry>) -> Loader {
@@ -278,12 +291,17 @@ impl Loader {
         progress: &mut dyn FnMut(u64),
     ) -> Result<Loaded> {
         let n = ckpt.storages.len();
+        let plan = self.plan(&ckpt)?;
         let mut slots: Vec<Option<Box<dyn DeviceStorage>>> = (0..n).map(|_| None).collect();
         let mut reports: Vec<StorageReport> = ckpt
             .storages
             .iter()
-            .map(|s| {
-                let location = self.map_location.apply(s, &s.location);
+            .enumerate()
+            .map(|(i, s)| {
+                let location = match &plan.storages[i] {
+                    Some(d) => d.clone(),
+                    None => self.map_location.apply(s, &s.location),
+                };
                 StorageReport {
                     key: s.key.clone(),
                     saved_location: s.location.clone(),

@@ -5,6 +5,7 @@
 #[cfg(feature = "conformance")]
 pub mod conformance;
 pub(crate) mod cpu;
+pub mod device_map;
 pub mod load;
 pub mod map_location;
 pub mod registry;

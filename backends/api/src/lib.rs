@@ -303,6 +303,12 @@ pub trait Backend: Send + Sync + 'static {
         let _ = index;
         None
     }
+    /// Bytes free on device `index` now, where the backend can tell (device maps fill devices
+    /// up to it); None when unknown.
+    fn free_memory(&self, index: usize) -> Option<u64> {
+        let _ = index;
+        None
+    }
     /// Which implementation this is, for messages that must tell two backends of one device
     /// type apart (a registry refusing a duplicate names both). By default the Rust type
     /// name, which starts with the crate's name (`ptfile_cuda::CudaBackend`).
