@@ -34,6 +34,7 @@
 
 mod atomic;
 mod compact;
+mod dcp;
 mod legacy;
 mod pickler;
 mod safetensors;
@@ -66,6 +67,8 @@ pub enum SaveFormat {
     Legacy,
     /// A safetensors file (flat tensor dict).
     Safetensors,
+    /// A `torch.distributed.checkpoint` directory (FileSystemWriter's layout, one rank).
+    Dcp,
 }
 
 impl SaveFormat {
@@ -83,8 +86,9 @@ impl SaveFormat {
             "zip" => Ok(SaveFormat::Zip),
             "legacy" => Ok(SaveFormat::Legacy),
             "safetensors" => Ok(SaveFormat::Safetensors),
+            "dcp" => Ok(SaveFormat::Dcp),
             other => Err(Error::Usage(format!(
-                "unknown output format {other:?}: expected zip, legacy or safetensors"
+                "unknown output format {other:?}: expected zip, legacy, safetensors or dcp"
             ))),
         }
     }
@@ -95,6 +99,7 @@ impl SaveFormat {
             SaveFormat::Zip => "zip",
             SaveFormat::Legacy => "legacy",
             SaveFormat::Safetensors => "safetensors",
+            SaveFormat::Dcp => "dcp",
         }
     }
 }
@@ -278,6 +283,7 @@ pub fn save(
     refuse_amplified(root, &what)?;
     let written = match format {
         SaveFormat::Safetensors => safetensors::save(root, src, path, opts)?,
+        SaveFormat::Dcp => dcp::save(root, src, path, opts)?,
         SaveFormat::Zip | SaveFormat::Legacy => {
             let prefix = opts
                 .archive_name
@@ -332,10 +338,11 @@ pub fn write_to(
                 .unwrap_or_else(|| "archive".into()),
         ),
         SaveFormat::Legacy => (pickler::PidStyle::Legacy, String::new()),
-        SaveFormat::Safetensors => {
-            return Err(Error::Usage(
-                "safetensors export needs a path (save to a file ending in .safetensors)".into(),
-            ))
+        SaveFormat::Safetensors | SaveFormat::Dcp => {
+            return Err(Error::Usage(format!(
+                "{} export needs a path, not a stream",
+                format.name()
+            )))
         }
     };
     check_prefix(format, &prefix)?;

@@ -306,27 +306,7 @@ impl<'a> TensorView<'a> {
                 .ok_or_else(past);
         }
         let all = self.src.le_bytes(i)?;
-        let resolver = Resolver::new(&self.tensor);
-        let mut out = Vec::with_capacity(len);
-        let mut missing = false;
-        let mut k = 0u64;
-        for_each_element(&self.tensor, |o| {
-            match all.get(o..o.saturating_add(es)) {
-                Some(b) => {
-                    let at = out.len();
-                    out.extend_from_slice(b);
-                    if let Some(r) = &resolver {
-                        r.apply(&mut out[at..], k, o / es.max(1));
-                    }
-                }
-                None => missing = true,
-            }
-            k += 1;
-        });
-        if missing {
-            return Err(past());
-        }
-        Ok(Cow::Owned(out))
+        gather(&self.tensor, &all).map(Cow::Owned).ok_or_else(past)
     }
 
     /// The elements in row-major order as `T`, which must be the dtype's own Rust type
@@ -413,4 +393,28 @@ impl Checkpoint {
             .iter()
             .map(move |(n, t)| (n.to_string(), TensorView::new(n.clone(), t.clone(), self)))
     }
+}
+
+/// The elements of `t` in row-major order, little-endian, conj/neg bits resolved, from its
+/// storage's little-endian bytes `all`; None when an element lies outside them.
+pub(crate) fn gather(t: &Tensor, all: &[u8]) -> Option<Vec<u8>> {
+    let es = t.dtype.element_size();
+    let resolver = Resolver::new(t);
+    let mut out = Vec::with_capacity((t.numel() as usize).saturating_mul(es));
+    let mut missing = false;
+    let mut k = 0u64;
+    for_each_element(t, |o| {
+        match all.get(o..o.saturating_add(es)) {
+            Some(b) => {
+                let at = out.len();
+                out.extend_from_slice(b);
+                if let Some(r) = &resolver {
+                    r.apply(&mut out[at..], k, o / es.max(1));
+                }
+            }
+            None => missing = true,
+        }
+        k += 1;
+    });
+    (!missing).then_some(out)
 }

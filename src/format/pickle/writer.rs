@@ -181,6 +181,11 @@ impl PickleWriter {
         self.buf.push(b'R');
         self.memoize();
     }
+    /// `NEWOBJ` (`cls.__new__(cls, *args)` of the class and argument tuple below), memoized.
+    pub fn newobj(&mut self) {
+        self.buf.push(0x81);
+        self.memoize();
+    }
     /// `BUILD`.
     pub fn build(&mut self) {
         self.buf.push(b'b');
