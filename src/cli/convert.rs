@@ -7,13 +7,14 @@ use ptfile::save::{NonTensors, SaveFormat, SaveOptions};
 /// Arguments of `ptfile convert`.
 #[derive(clap::Args, Debug)]
 pub struct ConvertArgs {
-    /// The checkpoint to read.
+    /// The checkpoint to read: a file, a model directory (HF shards, DCP) or an index.
     pub input: PathBuf,
     /// Where to write (`.safetensors` exports safetensors). Written atomically: an existing
     /// file is replaced only once the new one is complete.
     pub output: PathBuf,
     /// Output format: `zip` (torch >= 1.6, default), `legacy`
-    /// (`_use_new_zipfile_serialization=False`) or `safetensors` (default for `*.safetensors`).
+    /// (`_use_new_zipfile_serialization=False`), `safetensors` (default for `*.safetensors`)
+    /// or `dcp` (a torch.distributed.checkpoint directory at OUT).
     #[arg(long)]
     pub format: Option<String>,
     /// Retag storages: `LOC` or `OLD=NEW` (repeatable), as torch's map_location.
