@@ -82,6 +82,14 @@ fn dcp_directories_read_as_dcp_to_torch_save_gives_them() {
             String::from_utf8_lossy(&o.stderr)
         );
         let o = ptfile(&["inspect", "--json"], &out);
+        // torch reads the converted file as the consolidated state dict too.
+        let t = Command::new(&py)
+            .arg(repo_root().join("tests/python/describe.py"))
+            .arg(&out)
+            .output()
+            .unwrap();
+        assert!(t.status.success(), "{}", String::from_utf8_lossy(&t.stderr));
+        compare(&py, expected, &t.stdout, tmp.path(), name);
         compare(&py, expected, &o.stdout, tmp.path(), name);
     }
     // The library: one checkpoint, tensors by their dotted names, uneven shards reassembled.

@@ -133,6 +133,14 @@ fn hf_sharded_directories_read_as_their_consolidated_state_dict() {
             .unwrap();
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         let o = ptfile(&["inspect", "--json"], &out);
+        // torch reads the converted file as the consolidated state dict too.
+        let t = Command::new(&py)
+            .arg(repo_root().join("tests/python/describe.py"))
+            .arg(&out)
+            .output()
+            .unwrap();
+        assert!(t.status.success(), "{}", String::from_utf8_lossy(&t.stderr));
+        compare(&py, &want, &t.stdout, tmp.path(), kind);
         compare(&py, &want, &o.stdout, tmp.path(), kind);
     }
 }
