@@ -27,7 +27,7 @@ cd "$(dirname "$0")/.."
 
 step() { echo; echo "==> $*"; }
 
-FEATURES="wgpu,cuda,conformance,dlpack"
+FEATURES="wgpu,cuda,conformance,dlpack,ndarray,candle"
 
 step "setting up the test environment"
 bash scripts/setup-test-env.sh
