@@ -55,7 +55,7 @@ fn fingerprint(loaded: &ptfile::Loaded) -> BTreeMap<String, (String, String)> {
         .tensors()
         .filter(|(_, t)| t.tensor().storage.is_some())
         .map(|(n, t)| {
-            let h = Sha256::digest(&t.to_bytes().unwrap());
+            let h = Sha256::digest(t.to_bytes().unwrap());
             (n, (t.device(), format!("{h:x}")))
         })
         .collect()
