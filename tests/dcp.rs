@@ -232,6 +232,20 @@ torch.save(sd, sys.argv[1])
             String::from_utf8_lossy(&o.stdout),
             String::from_utf8_lossy(&o.stderr)
         );
+        // Writing over it again leaves one checkpoint: the new data file, the old removed.
+        let o = Command::new(ptfile_bin())
+            .args(["convert", "--format", "dcp"])
+            .arg(&source)
+            .arg(&dir)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let data: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".distcp"))
+            .collect();
+        assert_eq!(data, ["__0_1.distcp"], "{data:?}");
         // ptfile reads its own DCP back: the same tensors as the source.
         let back = Checkpoint::open(&dir).unwrap();
         let orig = Checkpoint::open(&source).unwrap();

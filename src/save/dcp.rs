@@ -3,7 +3,9 @@
 //! contiguous, each non-tensor value as its own archive), and `.metadata`, the pickle of DCP's
 //! `Metadata` that `torch.distributed.checkpoint.load` reads (into a plain state dict, or into
 //! sharded DTensors on several ranks). Both files go to temporary names and are renamed into
-//! place, the metadata last.
+//! place, the metadata last; the data file has a name no file of the directory has, so a
+//! checkpoint already there stays whole until the new metadata replaces its own, and its
+//! data files are removed after.
 
 use std::borrow::Cow;
 use std::io::Write;
@@ -17,7 +19,13 @@ use crate::torch::model::{Object, Storage, Tensor};
 use crate::torch::tensor::gather;
 
 const META: &str = "torch.distributed.checkpoint.metadata";
-const DATA_FILE: &str = "__0_0.distcp";
+/// Data files are `__0_N.distcp`, N the first number no file of the directory has.
+fn data_file_name(dir: &Path) -> String {
+    (0u32..)
+        .map(|n| format!("__0_{n}.distcp"))
+        .find(|f| !dir.join(f).exists() && !dir.join(format!("{f}.tmp")).exists())
+        .unwrap_or_else(|| "__0_0.distcp".into())
+}
 
 /// One path component of a flattened key: a dict key or a list index.
 #[derive(Debug, Clone)]
@@ -153,7 +161,10 @@ pub(crate) fn save(
             "nothing to save: the state dict is empty".into(),
         ));
     }
-    let data_tmp = dir.join(format!("{DATA_FILE}.tmp"));
+    // A fresh data file name: an existing checkpoint here stays whole (its metadata names its
+    // own files) until the new metadata is renamed over it.
+    let data_name = data_file_name(dir);
+    let data_tmp = dir.join(format!("{data_name}.tmp"));
     let mut file = std::io::BufWriter::with_capacity(
         1 << 20,
         std::fs::File::create(&data_tmp).map_err(|e| io_err(&what, e))?,
@@ -246,11 +257,11 @@ pub(crate) fn save(
         f.sync_all().map_err(|e| io_err(&what, e))?;
     }
     drop(f);
-    std::fs::rename(&data_tmp, dir.join(DATA_FILE)).map_err(|e| io_err(&what, e))?;
+    std::fs::rename(&data_tmp, dir.join(&data_name)).map_err(|e| io_err(&what, e))?;
     let mut sorted: Vec<(usize, Item)> = order.into_iter().zip(items).collect();
     sorted.sort_by_key(|(k, _)| *k);
     let items: Vec<Item> = sorted.into_iter().map(|(_, it)| it).collect();
-    let meta = metadata_pickle(&items);
+    let meta = metadata_pickle(&items, &data_name);
     let meta_tmp = dir.join(".metadata.tmp");
     {
         let mut f = std::fs::File::create(&meta_tmp).map_err(|e| io_err(&what, e))?;
@@ -260,6 +271,20 @@ pub(crate) fn save(
         }
     }
     std::fs::rename(&meta_tmp, dir.join(".metadata")).map_err(|e| io_err(&what, e))?;
+    if opts.sync {
+        if let Ok(d) = std::fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
+    }
+    // The previous checkpoint's data files (and per-rank metadata) are no longer named.
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let n = e.file_name().to_string_lossy().into_owned();
+        let stale = (n.ends_with(".distcp") && n != data_name)
+            || (n.starts_with("__") && n.ends_with(".metadata"));
+        if stale {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
     Ok(Written {
         storages: items.len(),
         bytes: at + meta.len() as u64,
@@ -297,7 +322,7 @@ fn state(w: &mut PickleWriter, fields: &[&str], mut f: impl FnMut(&mut PickleWri
     w.build();
 }
 
-fn metadata_pickle(items: &[Item]) -> Vec<u8> {
+fn metadata_pickle(items: &[Item], data_name: &str) -> Vec<u8> {
     let mut w = PickleWriter::new();
     new(&mut w, META, "Metadata");
     state(
@@ -358,7 +383,7 @@ fn metadata_pickle(items: &[Item]) -> Vec<u8> {
                     }
                     new(w, "torch.distributed.checkpoint.filesystem", "_StorageInfo");
                     state(w, &["relative_path", "offset", "length"], |w, j| match j {
-                        0 => w.str(DATA_FILE),
+                        0 => w.str(data_name),
                         1 => w.int(it.offset as i64),
                         _ => w.int(it.length as i64),
                     });
