@@ -3,7 +3,9 @@
 //! copies only when they are waited for. [`under_fake_driver`] runs this test binary again with
 //! the fake on `LD_LIBRARY_PATH` (the driver is loaded once per process, so it cannot be
 //! swapped in place) and requires the device tests to pass there rather than skip.
-#![cfg(feature = "cuda")]
+//! Needs `--features cuda,conformance` (the conformance suite runs on the device too), as the
+//! test command builds.
+#![cfg(all(feature = "cuda", feature = "conformance"))]
 
 mod common;
 
