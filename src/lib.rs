@@ -50,6 +50,12 @@
 //! # Ok::<(), ptfile::Error>(())
 //! ```
 //!
+//! A checkpoint can be a directory: [`Checkpoint::open`] takes a Hugging Face repository
+//! (`model.safetensors`, `pytorch_model.bin`, or the shards an `*.index.json` names), a
+//! `torch.distributed.checkpoint` directory, or an index file, and gives one checkpoint that
+//! `tensor(name)` / `tensors()` work on whatever the layout. A [`DeviceMap`] on the loader
+//! spreads a model over several devices, as accelerate's `device_map`.
+//!
 //! [`LoadedTensor::storage`] is the backend's storage: downcast it through
 //! [`backend::DeviceStorage::as_any`] for the CUDA device pointer or the `wgpu::Buffer`.
 //!
