@@ -82,6 +82,15 @@ pub enum Error {
         #[source]
         source: Option<Box<ptfile_backend::BackendError>>,
     },
+    /// The file changed (was truncated, rewritten or grown) while it was being read: what was
+    /// read may mix two versions, so nothing of it is used.
+    #[error("{}: the file changed while being read: {what}; run again once the writer has finished (writers should save to a new file and rename it into place)", path.display())]
+    Changed {
+        /// The file.
+        path: PathBuf,
+        /// What changed (`size 123 -> 0`).
+        what: String,
+    },
     /// No tensor has the name asked for; `close` lists a few names that do exist.
     #[error("no tensor named {name:?}{}", suggestions(close))]
     NoTensor {

@@ -91,6 +91,7 @@ fn one_line(msg: &str) -> String {
 }
 
 fn real_main() -> ExitCode {
+    cli::guard::install();
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
@@ -99,7 +100,19 @@ fn real_main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
-    match run(cli) {
+    // The files the command reads, as they are now: a change by the end voids the result.
+    let watch = cli::guard::watch(match &cli.cmd {
+        Cmd::Inspect { file, .. } => file,
+        Cmd::Load(a) => &a.file,
+        Cmd::Bench(a) => &a.file,
+        Cmd::Convert(a) => &a.input,
+    });
+    let result = run(cli, &watch);
+    let result = match watch.changed() {
+        Some(changed) => Err(changed),
+        None => result,
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("ptfile: {}", one_line(&e.to_string()));
@@ -108,7 +121,7 @@ fn real_main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> ptfile::Result<()> {
+fn run(cli: Cli, watch: &cli::guard::Watch) -> ptfile::Result<()> {
     match cli.cmd {
         Cmd::Inspect {
             json,
@@ -141,6 +154,6 @@ fn run(cli: Cli) -> ptfile::Result<()> {
         }
         Cmd::Load(args) => cli::load::run(&args),
         Cmd::Bench(args) => cli::bench::run(&args),
-        Cmd::Convert(args) => cli::convert::run(&args),
+        Cmd::Convert(args) => cli::convert::run(&args, watch),
     }
 }

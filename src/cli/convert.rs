@@ -32,8 +32,9 @@ pub struct ConvertArgs {
     pub no_sync: bool,
 }
 
-/// Runs the subcommand.
-pub fn run(args: &ConvertArgs) -> ptfile::Result<()> {
+/// Runs the subcommand. The output is written beside its destination and renamed into place
+/// only if the input did not change meanwhile (`watch`), so a mixed result never replaces it.
+pub fn run(args: &ConvertArgs, watch: &super::guard::Watch) -> ptfile::Result<()> {
     let format = match &args.format {
         Some(f) => SaveFormat::parse(f)?,
         None => SaveFormat::for_path(&args.output),
@@ -57,6 +58,38 @@ pub fn run(args: &ConvertArgs) -> ptfile::Result<()> {
         ..SaveOptions::default()
     };
     let ckpt = ptfile::Checkpoint::open(&args.input)?;
-    ptfile::save::save_checkpoint(&ckpt, &args.output, &opts)?;
-    Ok(())
+    if format == SaveFormat::Dcp {
+        // (a directory: its metadata is renamed into place last by the writer itself)
+        ptfile::save::save_checkpoint(&ckpt, &args.output, &opts)?;
+        return match watch.changed() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        };
+    }
+    let name = args
+        .output
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let partial = args
+        .output
+        .with_file_name(format!(".{name}.ptfile-partial"));
+    let opts = SaveOptions {
+        archive_name: Some(ptfile::save::archive_name_for(&args.output)),
+        ..opts
+    };
+    let result = ptfile::save::save_checkpoint(&ckpt, &partial, &opts).and_then(|_| {
+        if let Some(e) = watch.changed() {
+            return Err(e);
+        }
+        std::fs::rename(&partial, &args.output).map_err(|source| ptfile::Error::Write {
+            path: args.output.clone(),
+            what: format!("renaming the finished file into place: {source}"),
+            source: Some(source),
+        })
+    });
+    if result.is_err() {
+        let _ = std::fs::remove_file(&partial);
+    }
+    result
 }

@@ -2,4 +2,5 @@
 
 pub mod bench;
 pub mod convert;
+pub mod guard;
 pub mod load;
