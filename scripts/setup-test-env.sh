@@ -2,7 +2,8 @@
 # Prepare everything the test suite needs beyond Rust itself. Idempotent and fast when done.
 #
 #   * .venv/ (gitignored) with torch, numpy and safetensors, used by the interop tests
-#     (tests/interop_read.rs, tests/python/*). pip is skipped when the venv already imports them.
+#     (tests/interop_read.rs, tests/python/*), and maturin and pytest, which build and test the
+#     Python package (tests/python_package.rs). pip is skipped when the venv already imports them.
 #   * Debian's mesa-vulkan-drivers (lavapipe, a CPU Vulkan driver) for the wgpu backend tests,
 #     installed only when its ICD file is missing and we are root.
 #
@@ -48,7 +49,7 @@ missing() {
 # import is most of the time this script takes when there is nothing to do).
 venv_versions() {
     [ -x "$VENV/bin/python" ] &&
-        "$VENV/bin/python" -c 'import torch, numpy, safetensors, huggingface_hub, zstandard; print("torch", torch.__version__, "numpy", numpy.__version__, "safetensors", safetensors.__version__, "huggingface_hub", huggingface_hub.__version__)' 2>/dev/null
+        "$VENV/bin/python" -c 'import torch, numpy, safetensors, huggingface_hub, zstandard, maturin, pytest; print("torch", torch.__version__, "numpy", numpy.__version__, "safetensors", safetensors.__version__, "huggingface_hub", huggingface_hub.__version__)' 2>/dev/null
 }
 
 if [ "${PTFILE_SKIP_VENV:-0}" = 1 ]; then
@@ -75,18 +76,18 @@ else
                 fi
             fi
         fi
-        say "pip install $TORCH_SPEC numpy safetensors huggingface_hub zstandard (the default torch wheel is large; this takes a minute)"
+        say "pip install $TORCH_SPEC numpy safetensors huggingface_hub zstandard maturin pytest (the default torch wheel is large; this takes a minute)"
         start=$(date +%s)
         "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --progress-bar off \
-            "$TORCH_SPEC" numpy safetensors huggingface_hub zstandard
+            "$TORCH_SPEC" numpy safetensors huggingface_hub zstandard maturin pytest
         say "pip done in $(( $(date +%s) - start )) s"
         # The pip cache of a 5 GB install is only dead weight on a CI machine.
         if [ "${CI:-}" = true ]; then "$VENV/bin/python" -m pip cache purge >/dev/null 2>&1 || true; fi
         if versions=$(venv_versions); then
             say ".venv ready: $versions"
         else
-            say "ERROR: .venv still cannot import torch, numpy, safetensors, huggingface_hub, zstandard"
-            "$VENV/bin/python" -c "import torch, numpy, safetensors, huggingface_hub, zstandard" || true
+            say "ERROR: .venv still cannot import torch, numpy, safetensors, huggingface_hub, zstandard, maturin, pytest"
+            "$VENV/bin/python" -c "import torch, numpy, safetensors, huggingface_hub, zstandard, maturin, pytest" || true
             exit 1
         fi
     fi

@@ -1,0 +1,52 @@
+"""Loads every file of the hostile corpus with ptfile.load in this one process and prints one
+JSON line per file (run by test_hostile.py in a child process, so that a crash is seen as one)."""
+import json
+import sys
+import time
+import warnings
+
+import ptfile
+
+warnings.simplefilter("ignore")
+corpus, names = sys.argv[1], sys.argv[2:]
+
+
+def hwm():
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        with open("/proc/self/status") as f:
+            return next(int(l.split()[1]) * 1024 for l in f if l.startswith("VmRSS:"))
+    except (OSError, StopIteration):
+        return None
+
+
+def peak():
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(l.split()[1]) * 1024 for l in f if l.startswith("VmHWM:"))
+    except (OSError, StopIteration):
+        return None
+
+
+for name in names:
+    print(json.dumps({"start": name}), flush=True)
+    before = hwm()
+    t = time.perf_counter()
+    r = {"file": name}
+    for mmap in (False, True):
+        try:
+            obj = ptfile.load(f"{corpus}/{name}", mmap=mmap)
+            del obj
+            r["outcome" if not mmap else "mmap_outcome"] = "ok"
+        except ptfile.Error as e:
+            r["outcome" if not mmap else "mmap_outcome"] = "error"
+            r["class"], r["message"] = type(e).__name__, str(e)
+        except BaseException as e:  # noqa: BLE001 - reported as a failure by the parent
+            r["outcome" if not mmap else "mmap_outcome"] = "other"
+            r["class"], r["message"] = type(e).__name__, str(e)[:2000]
+    r["seconds"] = time.perf_counter() - t
+    p = peak()
+    r["rss_growth"] = None if p is None or before is None else p - before
+    print(json.dumps(r), flush=True)
+print(json.dumps({"done": len(names)}), flush=True)
