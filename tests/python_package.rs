@@ -8,10 +8,10 @@
 //! passes, except under `CI=true`, `PTFILE_REQUIRE=torch` or an explicit `PTFILE_PYTHON`, where
 //! that fails it (tests/common/mod.rs, `skip_or_fail`).
 //!
-//! The wheel is built in its own target folder (`target/tmp/python-package`, a debug build:
-//! maturin's environment differs from cargo's, and sharing `target/debug` would rebuild pyo3
-//! on every switch) and installed with `pip install --target` there, so the venv itself is not
-//! changed. Built with `--features cuda` when these tests are (`PTFILE_PY_FEATURES` overrides
+//! The wheel is built as `pip install ./python` builds it (release) in its own target folder
+//! (`target/tmp/python-package`: maturin's environment differs from cargo's, and sharing
+//! `target/` would rebuild pyo3 on every switch) and installed with `pip install --target`
+//! there, so the venv itself is not changed. Built with `--features cuda` when these tests are (`PTFILE_PY_FEATURES` overrides
 //! the wheel's features; `PTFILE_PYTEST_ARGS` adds pytest arguments, e.g. `-k hostile`).
 
 mod common;
@@ -81,7 +81,7 @@ fn python_package() {
         .unwrap_or_else(|_| if cfg!(feature = "cuda") { "cuda" } else { "" }.into());
     let mut build = Command::new(&python);
     build
-        .args(["-m", "maturin", "build", "--quiet", "-m"])
+        .args(["-m", "maturin", "build", "--release", "--quiet", "-m"])
         .arg(root.join("python").join("Cargo.toml"))
         .arg("-i")
         .arg(&python)

@@ -162,6 +162,14 @@ def _placement_error(path, key, saved, loc, reason):
     )
 
 
+def _reason(reason, loc):
+    """ptfile's reason for a fallback, in the package's terms."""
+    reason = reason.replace("build with --features cuda", "install ptfile with MATURIN_PEP517_ARGS='--features cuda'")
+    if loc.startswith("cuda") and not torch.cuda.is_available():
+        reason += "; torch.cuda.is_available() is False"
+    return reason
+
+
 def _warn_fallbacks(path, fallbacks):
     groups = {}
     for key, saved, loc, reason in fallbacks:
@@ -221,9 +229,9 @@ def _storages(h, path, mmap, strict, fn):
             if _torch_places(loc):
                 s = _move(s, loc)
             elif strict:
-                raise _placement_error(path, key, saved, loc, reason)
+                raise _placement_error(path, key, saved, loc, _reason(reason, loc))
             else:
-                fallbacks.append((key, saved, loc, reason))
+                fallbacks.append((key, saved, loc, _reason(reason, loc)))
         out.append(s)
     if fallbacks:
         _warn_fallbacks(path, fallbacks)
@@ -251,7 +259,15 @@ def _load(f, map_location, strict, mmap, script_state_dict, what):
             spooled.close()
 
 
-def load(f, map_location=None, *, strict=False, mmap=False):
+def _weights_only(weights_only):
+    if weights_only is not None and not weights_only:
+        raise UsageError(
+            "ptfile.load never runs anything from a file: weights_only=False is not available "
+            "(torch.load(f, weights_only=False) does that, for files you trust)"
+        )
+
+
+def load(f, map_location=None, *, strict=False, mmap=False, weights_only=None):
     """Loads a checkpoint as ``torch.load(f, map_location, weights_only=True)`` does.
 
     ``f``: a path (str, bytes, os.PathLike) or a binary file object.
@@ -267,14 +283,17 @@ def load(f, map_location=None, *, strict=False, mmap=False):
     legacy (< 1.6) and torch 0.1 tar files, big-endian files, ``.safetensors`` files.
     Raises :class:`UnsafeError` for classes torch's weights_only loader refuses,
     :class:`InvalidCheckpoint` for damaged files, :class:`UnsupportedError` for TorchScript
-    archives (see :func:`load_state_dict`).
+    archives (see :func:`load_state_dict`). ``weights_only`` is accepted for torch.load's
+    signature: None or True (what ptfile always does); False is a :class:`UsageError`.
     """
+    _weights_only(weights_only)
     return _load(f, map_location, strict, mmap, False, "load")
 
 
-def load_state_dict(f, map_location=None, *, strict=False, mmap=False):
+def load_state_dict(f, map_location=None, *, strict=False, mmap=False, weights_only=None):
     """:func:`load`, except that a TorchScript archive gives its state dict (the OrderedDict
     ``torch.jit.load(f).state_dict()`` returns) instead of an error; its code is never run."""
+    _weights_only(weights_only)
     return _load(f, map_location, strict, mmap, True, "load_state_dict")
 
 

@@ -101,20 +101,19 @@ def qtensor(storage, dtype, offset, size, stride, qscheme, scale, zero_point, sc
         raise InvalidCheckpoint(f"torch cannot rebuild a quantized tensor ({qscheme}) from this file: {e}") from None
 
 
-def _coalesced(indices):
+def _coalesced(indices, size):
     """Whether COO indices are sorted without duplicates: what `is_coalesced()` said when the
     tensor was saved (ptfile's model does not keep the saved flag)."""
     if indices.dim() != 2 or indices.shape[1] < 2:
         return True
-    if indices.device.type == "meta":
+    if indices.device.type == "meta" or indices.shape[0] > len(size):
         return False
     try:
         idx = indices.to(torch.int64)
         # Row-major linear index over the sparse dims, compared pairwise.
-        sizes = (idx.max(dim=1).values + 1).tolist()
         lin = torch.zeros(idx.shape[1], dtype=torch.int64, device=idx.device)
-        for d, n in enumerate(sizes):
-            lin = lin * int(n) + idx[d]
+        for d in range(idx.shape[0]):
+            lin = lin * int(size[d]) + idx[d]
         return bool((lin[1:] > lin[:-1]).all())
     except RuntimeError:
         return False
@@ -127,7 +126,7 @@ def sparse(layout, size, parts):
     try:
         if lay == torch.sparse_coo:
             indices, values = parts[0], parts[1]
-            data = (indices, values, size, _coalesced(indices))
+            data = (indices, values, size, _coalesced(indices, size))
         else:
             data = (parts[0], parts[1], parts[2], size)
         return torch._utils._rebuild_sparse_tensor(lay, data)

@@ -6,10 +6,10 @@
 //! the object tree into Python objects with the hooks of `ptfile/_build.py`. `inspect`,
 //! `convert` and `save` are the library's describe and writers.
 
-mod tree;
 mod capsule;
 mod errors;
 mod store;
+mod tree;
 
 use std::path::PathBuf;
 

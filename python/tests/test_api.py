@@ -120,3 +120,10 @@ def test_gil_is_released_while_reading(tmp_path):
     inside = [t for t in ticks if t0 + 0.2 * (t1 - t0) < t < t1 - 0.2 * (t1 - t0)]
     assert t1 - t0 > 0.01, "the load was too quick to tell"
     assert len(inside) > 100, f"{len(inside)} ticks of the other thread during a {t1 - t0:.3f} s read"
+
+
+def test_torch_load_signature():
+    p = FIXTURES / "seed_tensor.pt"
+    assert torch.equal(ptfile.load(p, "cpu", weights_only=True), torch.load(p, weights_only=True))
+    with pytest.raises(ptfile.UsageError, match="weights_only=False"):
+        ptfile.load(p, weights_only=False)
