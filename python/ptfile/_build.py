@@ -30,6 +30,8 @@ def tensor(storage, dtype, offset, size, stride, requires_grad, metadata):
             torch._utils.set_tensor_metadata(t, metadata)
         except (RuntimeError, TypeError, ValueError, AssertionError) as e:
             raise InvalidCheckpoint(f"torch refuses a tensor's metadata {metadata!r}: {e}") from None
+    # As _rebuild_tensor_v2 (for backward compatibility, torch's note says).
+    t._backward_hooks = _OrderedDict()
     return t
 
 
@@ -48,7 +50,9 @@ def big_int(s):
 
 def parameter(t, requires_grad):
     """_rebuild_parameter."""
-    return _Parameter(t, requires_grad)
+    p = _Parameter(t, requires_grad)
+    p._backward_hooks = _OrderedDict()
+    return p
 
 
 def meta_tensor(dtype, size, stride, requires_grad, device):

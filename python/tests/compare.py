@@ -100,6 +100,12 @@ def assert_same_tensor(a, b, path, ga, gb, identity=True):
     assert a.shape == b.shape, f"{path}: shape {tuple(a.shape)} != {tuple(b.shape)}"
     assert a.device == b.device, f"{path}: device {a.device} != {b.device}"
     assert a.requires_grad == b.requires_grad, f"{path}: requires_grad {a.requires_grad} != {b.requires_grad}"
+    if identity and b._backward_hooks is not None:
+        # (torch sets an empty OrderedDict where the file used _rebuild_tensor_v2 or v3, as
+        # every torch since 0.4 writes; ptfile's model does not say which, so ptfile sets it
+        # on every tensor, also those of torch < 0.4's _rebuild_tensor, where torch leaves None)
+        ha, hb = a._backward_hooks, b._backward_hooks
+        assert type(ha) is type(hb) and len(ha) == len(hb) == 0, f"{path}: _backward_hooks {ha!r} != {hb!r}"
     if a.layout != torch.strided:
         assert a.is_coalesced() == b.is_coalesced() if a.layout == torch.sparse_coo else True, f"{path}: is_coalesced differs"
         if a.layout == torch.sparse_coo:
