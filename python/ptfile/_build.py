@@ -17,9 +17,16 @@ _Parameter = torch.nn.Parameter
 # --- load ----------------------------------------------------------------------------------
 
 
+_protos = {}
+
+
 def tensor(storage, dtype, offset, size, stride, requires_grad, metadata):
     """_rebuild_tensor_v2: a view of `storage` (a torch.UntypedStorage)."""
-    t = _empty((0,), dtype=dtype, device=storage.device)
+    device = storage.device
+    proto = _protos.get((dtype, device))
+    if proto is None:
+        proto = _protos[(dtype, device)] = _empty((0,), dtype=dtype, device=device)
+    t = proto.new_empty((0,))
     t.set_(storage, offset, size, stride)
     if requires_grad:
         t.requires_grad = True

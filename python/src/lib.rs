@@ -23,25 +23,59 @@ use errors::IntoPy;
 /// the interpreter recurses, and the caller's thread may have a small stack.
 const STACK: usize = 64 << 20;
 
-/// Runs `f` on a thread with `STACK` bytes of stack and waits for it.
+/// A job for a worker thread.
+type Job = Box<dyn FnOnce() + Send>;
+
+/// Idle worker threads (each with a `STACK`-byte stack), kept between calls: starting a thread
+/// with a large stack costs 25-200 us, a good part of an mmap=True load.
+static IDLE: std::sync::Mutex<Vec<std::sync::mpsc::Sender<Job>>> =
+    std::sync::Mutex::new(Vec::new());
+
+fn start_worker() -> std::io::Result<std::sync::mpsc::Sender<Job>> {
+    let (tx, rx) = std::sync::mpsc::channel::<Job>();
+    std::thread::Builder::new()
+        .name("ptfile".into())
+        .stack_size(STACK)
+        .spawn(move || {
+            while let Ok(job) = rx.recv() {
+                // A panic fails this job (its reply channel closes), not the worker.
+                let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
+            }
+        })?;
+    Ok(tx)
+}
+
+/// Runs `f` on a worker thread with `STACK` bytes of stack (an idle one, or a new one when all
+/// are busy: concurrent loads from several Python threads run in parallel) and waits for it.
 fn on_big_stack<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, ptfile::Error> + Send + 'static,
 ) -> Result<T, ptfile::Error> {
-    match std::thread::Builder::new()
-        .name("ptfile".into())
-        .stack_size(STACK)
-        .spawn(f)
-    {
-        Ok(h) => h.join().unwrap_or_else(|_| {
-            Err(ptfile::Error::Device(
-                "internal error: the ptfile worker thread failed; please report it with the file"
-                    .into(),
-            ))
-        }),
-        Err(e) => Err(ptfile::Error::Device(format!(
-            "cannot start the ptfile worker thread: {e}"
-        ))),
+    let idle = IDLE.lock().ok().and_then(|mut v| v.pop());
+    let worker = match idle {
+        Some(w) => w,
+        None => start_worker().map_err(|e| {
+            ptfile::Error::Device(format!("cannot start the ptfile worker thread: {e}"))
+        })?,
+    };
+    let (reply, result) = std::sync::mpsc::sync_channel(1);
+    let job: Job = Box::new(move || {
+        let _ = reply.send(f());
+    });
+    if worker.send(job).is_err() {
+        return Err(ptfile::Error::Device(
+            "internal error: the ptfile worker thread is gone; please report it".into(),
+        ));
     }
+    let r = result.recv().unwrap_or_else(|_| {
+        Err(ptfile::Error::Device(
+            "internal error: the ptfile worker thread failed; please report it with the file"
+                .into(),
+        ))
+    });
+    if let Ok(mut v) = IDLE.lock() {
+        v.push(worker);
+    }
+    r
 }
 
 /// A loaded checkpoint: the object tree with every storage where the loader put it.

@@ -127,3 +127,17 @@ def test_torch_load_signature():
     assert torch.equal(ptfile.load(p, "cpu", weights_only=True), torch.load(p, weights_only=True))
     with pytest.raises(ptfile.UsageError, match="weights_only=False"):
         ptfile.load(p, weights_only=False)
+
+
+def test_concurrent_loads():
+    """Loads from several threads at once (each on its own worker thread) give the same values."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    names = ["seed_mymodule_state_dict.pt", "layouts.pt", "dtypes_all.pt", "training_checkpoint.pt"] * 4
+    refs = {n: ptfile.load(FIXTURES / n) for n in set(names)}
+    from compare import assert_same
+
+    with ThreadPoolExecutor(max_workers=6) as ex:
+        got = list(ex.map(lambda n: (n, ptfile.load(FIXTURES / n)), names))
+    for n, obj in got:
+        assert_same(obj, refs[n])
