@@ -14,10 +14,10 @@ the page cache, and times in this run, each in fresh Python processes (`import t
   torch_mmap    torch.load(f, mmap=True, weights_only=True)
   ptfile_mmap   ptfile.load(f, mmap=True)
 
-each as the first call of a fresh process (best of --runs processes) and repeated in one
-process (best of --runs calls), the call alone and the call plus touching one byte of every
-4 KiB page of every storage (what a lazy map defers to the first use), with the peak RSS growth
-of the call plus touch. Prints a table and the ratios against ptfile.load.
+each as the first call of a fresh process (best and median of --runs processes) and repeated
+in one process (best and median of --runs calls), the call alone and the call plus touching one
+byte of every 4 KiB page of every storage (what a lazy map defers to the first use), with the
+peak RSS growth of the call plus touch. Prints a table and the ratios against ptfile.load.
 """
 import argparse
 import json
@@ -139,6 +139,8 @@ def main():
         results[method] = {
             "first_call_s": min(r["call"] for r in first),
             "first_touch_s": min(r["touch"] for r in first),
+            "first_touch_median_s": sorted(r["touch"] for r in first)[len(first) // 2],
+            "repeat_touch_median_s": sorted(r["touch"] for r in repeat)[len(repeat) // 2],
             "repeat_call_s": min(r["call"] for r in repeat),
             "repeat_touch_s": min(r["touch"] for r in repeat),
             "rss_growth_bytes": max(r["rss_growth"] for r in repeat[1:] or repeat),
@@ -154,13 +156,13 @@ def main():
     p = results["ptfile"]
     print(f"file: {path} ({size / (1 << 30):.2f} GiB, {p['tensors']} tensors), warm page cache, "
           f"best of {a.runs}; {machine}")
-    print(f"{'':48} {'fresh process':>22} {'repeated':>22}  {'RSS':>8}")
-    print(f"{'':48} {'call':>10} {'+touch':>11} {'call':>10} {'+touch':>11}  {'growth':>8}")
+    print(f"{'':52} {'fresh process':>33} {'repeated':>33}  {'RSS':>7}")
+    print(f"{'':52} {'call':>10} {'+touch':>10} {'median':>10}  {'call':>10} {'+touch':>10} {'median':>10}  {'growth':>7}")
     for method, label in METHODS:
         r = results[method]
-        print(f"{label:48} {r['first_call_s']:9.4f}s {r['first_touch_s']:10.4f}s "
-              f"{r['repeat_call_s']:9.4f}s {r['repeat_touch_s']:10.4f}s "
-              f"{r['rss_growth_bytes'] / (1 << 20):6.0f}Mi")
+        print(f"{label:52} {r['first_call_s']:9.4f}s {r['first_touch_s']:9.4f}s {r['first_touch_median_s']:9.4f}s  "
+              f"{r['repeat_call_s']:9.4f}s {r['repeat_touch_s']:9.4f}s {r['repeat_touch_median_s']:9.4f}s  "
+              f"{r['rss_growth_bytes'] / (1 << 20):5.0f}Mi")
     print()
     t, s = results["torch"], results["safetensors"]
     tm, pm = results["torch_mmap"], results["ptfile_mmap"]
@@ -169,8 +171,9 @@ def main():
         return x / y if y > 0 else float("inf")
 
     print(f"ptfile.load vs torch.load:        {ratio(t['first_touch_s'], p['first_touch_s']):.2f}x faster "
-          f"(fresh process), {ratio(t['repeat_touch_s'], p['repeat_touch_s']):.2f}x (repeated); "
-          f"{gb / p['repeat_touch_s']:.2f} GB/s")
+          f"(fresh process), {ratio(t['repeat_touch_s'], p['repeat_touch_s']):.2f}x (repeated); medians "
+          f"{ratio(t['first_touch_median_s'], p['first_touch_median_s']):.2f}x and "
+          f"{ratio(t['repeat_touch_median_s'], p['repeat_touch_median_s']):.2f}x; {gb / p['repeat_touch_s']:.2f} GB/s")
     print(f"ptfile.load vs safetensors+touch: {ratio(s['first_touch_s'], p['first_touch_s']):.2f}x "
           f"(fresh process), {ratio(s['repeat_touch_s'], p['repeat_touch_s']):.2f}x (repeated)")
     print(f"ptfile mmap vs safetensors (call): {ratio(s['first_call_s'], pm['first_call_s']):.2f}x "
