@@ -46,6 +46,19 @@ for name in names:
             r["outcome" if not mmap else "mmap_outcome"] = "other"
             r["class"], r["message"] = type(e).__name__, str(e)[:2000]
         r["seconds"] = max(r["seconds"], time.perf_counter() - t)
+    if r.get("class") == "UnsupportedError" and "TorchScript" in r.get("message", ""):
+        # A TorchScript archive: its state dict, its code never run.
+        t = time.perf_counter()
+        try:
+            ptfile.load_state_dict(f"{corpus}/{name}")
+            r["state_dict_outcome"] = "ok"
+        except ptfile.Error as e:
+            r["state_dict_outcome"] = "error"
+            r["state_dict_message"] = str(e)
+        except BaseException as e:  # noqa: BLE001
+            r["state_dict_outcome"] = "other"
+            r["state_dict_message"] = f"{type(e).__name__}: {e}"[:2000]
+        r["seconds"] = max(r["seconds"], time.perf_counter() - t)
     p = peak()
     r["rss_growth"] = None if p is None or before is None else p - before
     print(json.dumps(r), flush=True)

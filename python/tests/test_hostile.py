@@ -61,6 +61,8 @@ def test_every_file_is_a_value_or_a_ptfile_error(results):
         for key in ("outcome", "mmap_outcome"):
             if r[key] == "other":
                 failures.append(f"{e['file']}: {key} raised {r['class']}, not a ptfile.Error: {r.get('message', '')[:300]}")
+        if r.get("state_dict_outcome") == "other":
+            failures.append(f"{e['file']}: load_state_dict raised {r['state_dict_message'][:300]}")
         if e["expect"] == "error" and r["outcome"] != "error":
             failures.append(f"{e['file']}: loaded, but the manifest expects it refused ({e['note']})")
         if e["expect"] == "ok" and r["outcome"] == "error" and r["class"] not in ("UnsafeError", "UnsupportedError"):
