@@ -151,6 +151,13 @@ impl Error {
         }
     }
 
+    /// The message as one bounded line, as the CLI prints it and the Python package raises it:
+    /// control characters escaped, a message over 2000 characters cut in the middle (file
+    /// names and keys can be anything).
+    pub fn one_line(&self) -> String {
+        one_line(&self.to_string())
+    }
+
     pub(crate) fn invalid(what: impl Into<String>, location: impl Into<String>) -> Error {
         Error::Invalid {
             what: what.into(),
@@ -169,6 +176,28 @@ impl Error {
             hint,
         }
     }
+}
+
+/// `msg` as one bounded line (see [`Error::one_line`]).
+pub fn one_line(msg: &str) -> String {
+    let mut s = String::with_capacity(msg.len().min(4096));
+    for c in msg.chars() {
+        match c {
+            '\n' => s.push_str("\\n"),
+            '\r' => s.push_str("\\r"),
+            '\t' => s.push(' '),
+            c if c.is_control() => s.push_str(&format!("\\u{{{:x}}}", c as u32)),
+            c => s.push(c),
+        }
+    }
+    const MAX: usize = 2000;
+    let n = s.chars().count();
+    if n > MAX {
+        let head: String = s.chars().take(1200).collect();
+        let tail: String = s.chars().skip(n - 600).collect();
+        s = format!("{head} [... {} characters cut ...] {tail}", n - 1800);
+    }
+    s
 }
 
 fn suggestions(close: &[String]) -> String {

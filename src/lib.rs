@@ -173,7 +173,7 @@ pub use device::load::{CpuMode, LoadReport, Loaded, Loader, StorageReport};
 pub use device::map_location::MapLocation;
 pub use device::registry::Registry;
 pub use device::tensor::LoadedTensor;
-pub use error::{Error, Result};
+pub use error::{one_line, Error, Result};
 pub use torch::checkpoint::{
     ArchiveInfo, ByteOrder, Checkpoint, Format, LoadEndianness, OpenOptions,
 };

@@ -65,31 +65,6 @@ fn main() -> ExitCode {
     }
 }
 
-/// Makes an error message one bounded line: control characters escaped, long runs cut.
-fn one_line(msg: &str) -> String {
-    let mut s = String::with_capacity(msg.len().min(4096));
-    for c in msg.chars() {
-        match c {
-            '\n' => s.push_str("\\n"),
-            '\r' => s.push_str("\\r"),
-            '\t' => s.push(' '),
-            c if c.is_control() => s.push_str(&format!("\\u{{{:x}}}", c as u32)),
-            c => s.push(c),
-        }
-    }
-    const MAX: usize = 2000;
-    let chars: Vec<char> = s.chars().collect();
-    if chars.len() > MAX {
-        let head: String = chars[..1200].iter().collect();
-        let tail: String = chars[chars.len() - 600..].iter().collect();
-        s = format!(
-            "{head} [... {} characters cut ...] {tail}",
-            chars.len() - 1800
-        );
-    }
-    s
-}
-
 fn real_main() -> ExitCode {
     cli::guard::install();
     let cli = match Cli::try_parse() {
@@ -115,7 +90,7 @@ fn real_main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("ptfile: {}", one_line(&e.to_string()));
+            eprintln!("ptfile: {}", e.one_line());
             ExitCode::from(e.exit_code() as u8)
         }
     }

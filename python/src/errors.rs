@@ -15,28 +15,8 @@ fn class<'py>(py: Python<'py>, name: &str) -> PyResult<Bound<'py, PyType>> {
     Ok(m.bind(py).getattr(name)?.cast_into::<PyType>()?)
 }
 
-/// An error message as the CLI prints it: one bounded line (control characters escaped, long
-/// runs cut), however the file names things.
-pub fn one_line(msg: &str) -> String {
-    let mut s = String::with_capacity(msg.len().min(4096));
-    for c in msg.chars() {
-        match c {
-            '\n' => s.push_str("\\n"),
-            '\r' => s.push_str("\\r"),
-            '\t' => s.push(' '),
-            c if c.is_control() => s.push_str(&format!("\\u{{{:x}}}", c as u32)),
-            c => s.push(c),
-        }
-    }
-    const MAX: usize = 2000;
-    let n = s.chars().count();
-    if n > MAX {
-        let head: String = s.chars().take(1200).collect();
-        let tail: String = s.chars().skip(n - 600).collect();
-        s = format!("{head} [... {} characters cut ...] {tail}", n - 1800);
-    }
-    s
-}
+/// An error message as the CLI prints it: one bounded line (the library's rule).
+pub use ptfile::one_line;
 
 /// An exception of class `name` (`UnsafeError`, `InvalidCheckpoint`, ...) with `msg` (made one
 /// line, as the CLI's).

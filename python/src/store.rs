@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use ptfile::model::{Object, OrderedDict, Storage, Tensor};
-use ptfile::save::{NonTensors, SaveFormat, SaveOptions, StateDict, StorageSource, TensorData};
+use ptfile::save::{NonTensors, SaveFormat, SaveOptions, StorageSource};
 use ptfile::{DType, MapLocation};
 use pyo3::prelude::*;
 use pyo3::types::{
@@ -60,26 +60,6 @@ pub fn save_options(
     })
 }
 
-/// A tensor and a storage of the library's model to fill in (their types are
-/// `#[non_exhaustive]`: only the library builds them, so these are taken from a state dict it
-/// built).
-fn templates() -> (Tensor, Storage) {
-    let mut sd = StateDict::new();
-    // (one byte, shape [1]: cannot fail)
-    if let Ok(t) = TensorData::from_vec(vec![0u8], &[1]) {
-        let _ = sd.insert("t", t);
-    }
-    let storage = sd.storages()[0].clone();
-    let tensor = match sd.to_object() {
-        Object::OrderedDict(d) => match &d.items[0].1 {
-            Object::Tensor(t) => (**t).clone(),
-            _ => unreachable!("StateDict holds tensors"),
-        },
-        _ => unreachable!("StateDict::to_object is an OrderedDict"),
-    };
-    (tensor, storage)
-}
-
 /// Storages whose bytes are CPU memory owned by Python objects the caller keeps alive.
 struct Buffers {
     storages: Vec<Storage>,
@@ -121,7 +101,6 @@ struct Walker<'py> {
     odict_cls: Bound<'py, PyAny>,
     typed_storage_cls: Bound<'py, PyAny>,
     untyped_storage_cls: Bound<'py, PyAny>,
-    template: Tensor,
     path: Vec<String>,
 }
 
@@ -277,16 +256,9 @@ impl<'py> Walker<'py> {
                 "a tensor of dtype {dtype}, which ptfile does not know"
             ))
         })?;
-        let mut t = self.template.clone();
-        t.dtype = dtype;
-        t.shape = shape;
-        t.stride = stride;
-        t.storage_offset = offset;
+        let mut t = Tensor::new(dtype, shape, stride, offset, Some(storage));
         t.requires_grad = requires_grad;
         t.is_parameter = is_parameter;
-        t.storage = Some(storage);
-        t.device = None;
-        t.metadata = None;
         Ok(Object::Tensor(Arc::new(t)))
     }
 }
@@ -304,7 +276,6 @@ pub fn save(
     sync: bool,
 ) -> PyResult<u64> {
     let torch = py.import("torch")?;
-    let (template, storage_template) = templates();
     let mut w = Walker {
         py,
         ctx: ctx.clone(),
@@ -315,7 +286,6 @@ pub fn save(
         odict_cls: py.import("collections")?.getattr("OrderedDict")?,
         typed_storage_cls: torch.getattr("storage")?.getattr("TypedStorage")?,
         untyped_storage_cls: torch.getattr("UntypedStorage")?,
-        template,
         path: Vec::new(),
     };
     let root = w.walk(obj, 0)?;
@@ -324,14 +294,8 @@ pub fn save(
     let mut storages = Vec::with_capacity(rows.len());
     let mut spans = Vec::with_capacity(rows.len());
     for (i, (addr, nbytes, dtype, location)) in rows.into_iter().enumerate() {
-        let mut s = storage_template.clone();
-        s.key = i.to_string();
-        s.dtype = DType::from_name(&dtype).unwrap_or(DType::UINT8);
-        s.location = location;
-        s.nbytes = nbytes as u64;
-        s.data = None;
-        s.typed = true;
-        storages.push(s);
+        let dtype = DType::from_name(&dtype).unwrap_or(DType::UINT8);
+        storages.push(Storage::new(i.to_string(), dtype, location, nbytes as u64));
         spans.push((addr, nbytes));
     }
     let src = Buffers { storages, spans };

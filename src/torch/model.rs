@@ -132,6 +132,29 @@ pub struct Tensor {
 }
 
 impl Tensor {
+    /// A dense tensor of `dtype` viewing storage `storage` (an index into the storages it is
+    /// saved with; None for a tensor without storage) with `shape`, `stride` and
+    /// `storage_offset` in elements; not a parameter, no grad, no metadata. For trees built to
+    /// be saved ([`crate::save::save`]).
+    pub fn new(
+        dtype: DType,
+        shape: Vec<i64>,
+        stride: Vec<i64>,
+        storage_offset: i64,
+        storage: Option<usize>,
+    ) -> Tensor {
+        Tensor {
+            dtype,
+            shape,
+            stride,
+            storage_offset,
+            requires_grad: false,
+            is_parameter: false,
+            storage,
+            device: None,
+            metadata: None,
+        }
+    }
     /// Number of elements (product of the shape). Validated not to overflow at open time.
     pub fn numel(&self) -> u64 {
         self.shape.iter().map(|&s| s.max(0) as u64).product()
@@ -214,6 +237,23 @@ pub struct Storage {
 }
 
 impl Storage {
+    /// A typed storage `key` of `nbytes` bytes of `dtype` elements at `location`, its bytes
+    /// held by whoever saves it ([`crate::save::StorageSource`]).
+    pub fn new(
+        key: impl Into<String>,
+        dtype: DType,
+        location: impl Into<String>,
+        nbytes: u64,
+    ) -> Storage {
+        Storage {
+            key: key.into(),
+            dtype,
+            location: location.into(),
+            nbytes,
+            data: None,
+            typed: true,
+        }
+    }
     /// The size of the units a byte-order swap reverses: the element (each half of a complex
     /// element) for typed storages; 1 (no swap) for untyped ones, as torch does.
     pub fn swap_unit(&self) -> usize {
