@@ -14,24 +14,6 @@ use std::process::Command;
 use common::*;
 use ptfile::{Checkpoint, Format};
 
-/// Compares `actual` with the description in file `e` (as Python wrote it: floats exact).
-fn compare(py: &Path, e: &Path, actual: &[u8], dir: &Path, what: &str) {
-    let a = dir.join("actual.json");
-    std::fs::write(&a, actual).unwrap();
-    let o = Command::new(py)
-        .arg(repo_root().join("tests/tools/compare_description.py"))
-        .arg(e)
-        .arg(&a)
-        .output()
-        .unwrap();
-    assert!(
-        o.status.success(),
-        "{what}: descriptions differ:\n{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-}
-
 fn ptfile(args: &[&str], path: &Path) -> std::process::Output {
     Command::new(ptfile_bin())
         .args(args)
@@ -61,14 +43,14 @@ fn dcp_directories_read_as_dcp_to_torch_save_gives_them() {
             "{name}: {}",
             String::from_utf8_lossy(&o.stderr)
         );
-        compare(&py, expected, &o.stdout, tmp.path(), name);
+        common::described::compare_descriptions(&py, expected, &o.stdout, tmp.path(), name);
         let o = ptfile(&["load", "--json", "--map-location", "cpu"], &dir);
         assert!(
             o.status.success(),
             "{name}: {}",
             String::from_utf8_lossy(&o.stderr)
         );
-        compare(&py, expected, &o.stdout, tmp.path(), name);
+        common::described::compare_descriptions(&py, expected, &o.stdout, tmp.path(), name);
         let out = tmp.path().join(format!("{name}.pt"));
         let o = Command::new(ptfile_bin())
             .arg("convert")
@@ -89,8 +71,8 @@ fn dcp_directories_read_as_dcp_to_torch_save_gives_them() {
             .output()
             .unwrap();
         assert!(t.status.success(), "{}", String::from_utf8_lossy(&t.stderr));
-        compare(&py, expected, &t.stdout, tmp.path(), name);
-        compare(&py, expected, &o.stdout, tmp.path(), name);
+        common::described::compare_descriptions(&py, expected, &t.stdout, tmp.path(), name);
+        common::described::compare_descriptions(&py, expected, &o.stdout, tmp.path(), name);
     }
     // The library: one checkpoint, tensors by their dotted names, uneven shards reassembled.
     let ckpt = Checkpoint::open(root.join("sharded")).unwrap();

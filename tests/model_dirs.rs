@@ -45,24 +45,6 @@ for kind, safe in [("bin", False), ("st", True)]:
 print("ok")
 "#;
 
-/// Compares `actual` with the description in file `e` (as Python wrote it: floats exact).
-fn compare(py: &Path, e: &Path, actual: &[u8], dir: &Path, what: &str) {
-    let a = dir.join("actual.json");
-    std::fs::write(&a, actual).unwrap();
-    let o = Command::new(py)
-        .arg(repo_root().join("tests/tools/compare_description.py"))
-        .arg(e)
-        .arg(&a)
-        .output()
-        .unwrap();
-    assert!(
-        o.status.success(),
-        "{what}: descriptions differ:\n{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-}
-
 fn ptfile(args: &[&str], path: &Path) -> std::process::Output {
     Command::new(ptfile_bin())
         .args(args)
@@ -99,10 +81,10 @@ fn hf_sharded_directories_read_as_their_consolidated_state_dict() {
         assert!(shards >= 3, "{kind}: {shards} shards");
         let o = ptfile(&["inspect", "--json"], &dir);
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-        compare(&py, &want, &o.stdout, tmp.path(), kind);
+        common::described::compare_descriptions(&py, &want, &o.stdout, tmp.path(), kind);
         let o = ptfile(&["load", "--json", "--map-location", "cpu"], &dir);
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-        compare(&py, &want, &o.stdout, tmp.path(), kind);
+        common::described::compare_descriptions(&py, &want, &o.stdout, tmp.path(), kind);
 
         // The index itself opens the same way; the library sees one checkpoint.
         let index = std::fs::read_dir(&dir)
@@ -140,8 +122,8 @@ fn hf_sharded_directories_read_as_their_consolidated_state_dict() {
             .output()
             .unwrap();
         assert!(t.status.success(), "{}", String::from_utf8_lossy(&t.stderr));
-        compare(&py, &want, &t.stdout, tmp.path(), kind);
-        compare(&py, &want, &o.stdout, tmp.path(), kind);
+        common::described::compare_descriptions(&py, &want, &t.stdout, tmp.path(), kind);
+        common::described::compare_descriptions(&py, &want, &o.stdout, tmp.path(), kind);
     }
 }
 

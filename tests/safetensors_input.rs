@@ -54,22 +54,11 @@ fn make(py: &Path, file: &Path) -> String {
     String::from_utf8(o.stdout).unwrap()
 }
 
+/// Compares `actual` with the description Python printed (`expected`, its exact text).
 fn compare(py: &Path, expected: &str, actual: &[u8], dir: &Path) {
-    let (e, a) = (dir.join("expected.json"), dir.join("actual.json"));
+    let e = dir.join("expected.json");
     std::fs::write(&e, expected).unwrap();
-    std::fs::write(&a, actual).unwrap();
-    let o = Command::new(py)
-        .arg(repo_root().join("tests/tools/compare_description.py"))
-        .arg(&e)
-        .arg(&a)
-        .output()
-        .unwrap();
-    assert!(
-        o.status.success(),
-        "descriptions differ:\n{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
+    common::described::compare_descriptions(py, &e, actual, dir, "safetensors");
 }
 
 #[test]

@@ -178,21 +178,8 @@ impl Loaded {
 
 impl StorageBytes for Loaded {
     fn storage_bytes(&self, i: usize) -> Result<Cow<'_, [u8]>> {
-        let s = self
-            .storages
-            .get(i)
-            .ok_or_else(|| Error::Usage(format!("no storage {i}")))?;
-        if let Some(b) = s.host_bytes() {
-            return Ok(Cow::Borrowed(b));
-        }
-        let mut v = vec![0u8; s.nbytes()];
-        s.read_to_host(&mut v).map_err(|e| {
-            Error::Device(format!(
-                "reading storage {i} back from {}: {e}",
-                s.location()
-            ))
-        })?;
-        Ok(Cow::Owned(v))
+        // (the bytes a view of the load reads: host memory borrowed, a device read back)
+        crate::torch::tensor::ViewSource::le_bytes(self, i)
     }
     fn storage_device(&self, i: usize) -> String {
         self.storages

@@ -12,6 +12,8 @@
 //! fails the fixture checks.
 #![allow(dead_code)]
 
+pub mod described;
+
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
