@@ -642,6 +642,21 @@ fn tensor_of(
                 &info.relative_path,
             ));
         }
+        // A chunk's bytes are really in its archive (no stride-0 view of a few bytes posing as
+        // a large chunk): what is assembled is bounded by the files' own sizes.
+        let held = t
+            .storage
+            .and_then(|i| inner.storages.get(i))
+            .map_or(0, |s| s.nbytes);
+        if held < chunk_bytes {
+            return Err(bad(
+                format!(
+                    "{key}: its chunk at {:?} needs {chunk_bytes} bytes, its item's storage has {held}",
+                    c.offsets
+                ),
+                &info.relative_path,
+            ));
+        }
         parts.push((c.clone(), inner, t));
     }
     let stride = contiguous(size);

@@ -291,7 +291,15 @@ fn open_parallel(dir: &Path, shards: &[&str], opts: &OpenOptions) -> Result<Vec<
             sc.spawn(|| loop {
                 let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let Some(p) = paths.get(i) else { break };
-                let r = Checkpoint::open_with(p, opts).map_err(|e| in_shard(e, shards[i]));
+                let r = if p.is_dir() {
+                    // (a shard is a file: no directory nesting, however the names are made)
+                    Err(Error::invalid(
+                        format!("shard {} is a directory, not a file", shards[i]),
+                        p.display().to_string(),
+                    ))
+                } else {
+                    Checkpoint::open_with(p, opts).map_err(|e| in_shard(e, shards[i]))
+                };
                 if let Ok(mut g) = results.lock() {
                     g[i] = Some(r);
                 }
