@@ -755,6 +755,7 @@ fn nest(
     at: &str,
 ) -> Result<Object> {
     let mut root = Node::Dict(Vec::new());
+    let n_leaves = leaves.len();
     for (key, obj) in leaves {
         let path = planner
             .get(&key)
@@ -787,7 +788,9 @@ fn nest(
                 (Node::List(xs), Object::Int(i)) => {
                     let i = usize::try_from(*i)
                         .ok()
-                        .filter(|&i| i < 1 << 20)
+                        // Every element of a list DCP entered is a key of its own, so no
+                        // index reaches the number of keys (sparse indices cost nothing).
+                        .filter(|&i| i < n_leaves)
                         .ok_or_else(|| bad(format!("{key}: list index {i} in its path"), at))?;
                     if xs.len() <= i {
                         xs.resize_with(i + 1, || None);
