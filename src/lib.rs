@@ -156,6 +156,7 @@ pub mod format;
 mod interop;
 pub mod save;
 mod torch;
+mod watch;
 
 #[cfg(feature = "conformance")]
 pub use device::conformance;
@@ -180,6 +181,7 @@ pub use torch::checkpoint::{
 pub use torch::dtype::DType;
 pub use torch::model::{Object, Storage, Tensor};
 pub use torch::tensor::{Element, TensorView};
+pub use watch::FileWatch;
 
 pub use bytemuck;
 pub use half;

@@ -140,3 +140,26 @@ fn a_file_rewritten_while_read_is_an_error_never_a_signal() {
         "only {changed} of {runs} runs saw the change"
     );
 }
+
+#[test]
+fn file_watch_notices_size_and_content_changes() {
+    let tmp = TempDir::new("watch");
+    let f = tmp.path().join("x.pt");
+    std::fs::write(&f, vec![1u8; 1000]).unwrap();
+    let w = ptfile::FileWatch::new(&f);
+    assert!(w.changed().is_none());
+    std::fs::write(&f, vec![2u8; 10]).unwrap();
+    let e = w.changed().expect("a truncation is a change");
+    assert!(matches!(e, ptfile::Error::Changed { .. }));
+    assert!(e.to_string().contains("size 1000 -> 10"), "{e}");
+    assert_eq!(e.exit_code(), 1);
+    // A directory: each of its files.
+    let d = tmp.path().join("dir");
+    std::fs::create_dir_all(&d).unwrap();
+    std::fs::write(d.join("a.bin"), b"aaaa").unwrap();
+    std::fs::write(d.join("b.bin"), b"bbbb").unwrap();
+    let w = ptfile::FileWatch::new(&d);
+    assert_eq!(w.files().count(), 2);
+    std::fs::remove_file(d.join("b.bin")).unwrap();
+    assert!(w.changed().unwrap().to_string().contains("gone"));
+}

@@ -33,7 +33,9 @@ fn class_name(e: &ptfile::Error) -> &'static str {
     use ptfile::Error as E;
     match e {
         E::Unsafe { .. } => "UnsafeError",
-        E::Format { .. } | E::Pickle { .. } | E::Invalid { .. } => "InvalidCheckpoint",
+        E::Format { .. } | E::Pickle { .. } | E::Invalid { .. } | E::Changed { .. } => {
+            "InvalidCheckpoint"
+        }
         E::Unsupported { .. } => "UnsupportedError",
         E::Placement { .. } | E::Device(_) => "PlacementError",
         E::Io { .. } => "ReadError",

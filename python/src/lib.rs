@@ -118,6 +118,9 @@ fn load(
     let (loaded, mappable) = py
         .detach(move || {
             on_big_stack(move || {
+                // A file rewritten while it is read (torch.save truncates, then writes) is an
+                // error, not a mix of two versions.
+                let watch = ptfile::FileWatch::new(&path);
                 let ckpt = Checkpoint::open(&path)?;
                 let mappable = file_backed(&ckpt);
                 let loader =
@@ -129,7 +132,11 @@ fn load(
                         } else {
                             CpuMode::Owned
                         });
-                Ok((loader.load_checkpoint(ckpt)?, mappable))
+                let loaded = loader.load_checkpoint(ckpt);
+                if let Some(e) = watch.changed() {
+                    return Err(e);
+                }
+                Ok((loaded?, mappable))
             })
         })
         .py_err(py)?;
@@ -277,8 +284,13 @@ impl Handle {
 fn inspect(py: Python<'_>, path: PathBuf) -> PyResult<String> {
     py.detach(move || {
         on_big_stack(move || {
+            let watch = ptfile::FileWatch::new(&path);
             let ckpt = Checkpoint::open(&path)?;
-            let v = ptfile::describe::describe(&ckpt)?;
+            let v = ptfile::describe::describe(&ckpt);
+            if let Some(e) = watch.changed() {
+                return Err(e);
+            }
+            let v = v?;
             serde_json::to_string(&v).map_err(|e| ptfile::Error::Usage(e.to_string()))
         })
     })

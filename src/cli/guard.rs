@@ -4,13 +4,13 @@
 //! time before it starts and compares them when it ends (a difference turns the result into
 //! `Error::Changed`), and a bus error becomes that same message and exit code 1, not a signal.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicI32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
-use std::time::SystemTime;
 
-/// The files of a checkpoint as they were when the command started.
+/// The files of a checkpoint as they were when the command started (the library's
+/// [`ptfile::FileWatch`]), kept open so that the bus-error handler can look at them.
 pub struct Watch {
-    files: Vec<(PathBuf, u64, Option<SystemTime>)>,
+    files: ptfile::FileWatch,
     _open: Vec<std::fs::File>,
 }
 
@@ -37,61 +37,23 @@ const EMPTY: Slot = Slot {
 static WATCHED: [Slot; SLOTS] = [EMPTY; SLOTS];
 static USED: AtomicUsize = AtomicUsize::new(0);
 
-fn state(p: &Path) -> Option<(u64, Option<SystemTime>)> {
-    let m = std::fs::metadata(p).ok()?;
-    Some((m.len(), m.modified().ok()))
-}
-
 /// Notes the state of `path` (a file, or the files of a model directory).
 pub fn watch(path: &Path) -> Watch {
-    let mut files = Vec::new();
-    if path.is_dir() {
-        let mut names: Vec<PathBuf> = std::fs::read_dir(path)
-            .into_iter()
-            .flatten()
-            .flatten()
-            .map(|e| e.path())
-            .filter(|p| p.is_file())
-            .collect();
-        names.sort();
-        files.extend(names);
-    } else {
-        files.push(path.to_path_buf());
-    }
+    let files = ptfile::FileWatch::new(path);
     let mut open = Vec::new();
-    let files: Vec<_> = files
-        .into_iter()
-        .filter_map(|p| {
-            let (size, mtime) = state(&p)?;
-            if let Ok(f) = std::fs::File::open(&p) {
-                register(&f, &p, size);
-                open.push(f);
-            }
-            Some((p, size, mtime))
-        })
-        .collect();
+    for (p, size) in files.files() {
+        if let Ok(f) = std::fs::File::open(p) {
+            register(&f, p, size);
+            open.push(f);
+        }
+    }
     Watch { files, _open: open }
 }
 
 impl Watch {
     /// The first file whose size or modification time is no longer what it was.
     pub fn changed(&self) -> Option<ptfile::Error> {
-        for (p, size, mtime) in &self.files {
-            let now = state(p);
-            let what = match now {
-                None => format!("size {size} -> the file is gone"),
-                Some((s, _)) if s != *size => format!("size {size} -> {s}"),
-                Some((_, m)) if m != *mtime => {
-                    "it was written to (modification time changed)".into()
-                }
-                _ => continue,
-            };
-            return Some(ptfile::Error::Changed {
-                path: p.clone(),
-                what,
-            });
-        }
-        None
+        self.files.changed()
     }
 }
 
