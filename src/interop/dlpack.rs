@@ -315,10 +315,7 @@ impl TensorView<'_> {
         }
         // A resolved, contiguous copy on the CPU.
         let bytes = self.to_bytes()?.into_owned();
-        let mut strides = vec![1i64; shape.len()];
-        for d in (0..shape.len().saturating_sub(1)).rev() {
-            strides[d] = strides[d + 1].saturating_mul(shape[d + 1].max(1));
-        }
+        let strides = crate::torch::model::contiguous_strides(&shape);
         let addr = if bytes.is_empty() {
             // A valid, aligned address for a tensor without elements.
             std::ptr::NonNull::<u64>::dangling().as_ptr() as u64

@@ -193,10 +193,7 @@ pub(crate) fn save(
                 let bytes = gather(t, &all).ok_or_else(|| {
                     Error::invalid(format!("{fqn}: elements outside its storage"), fqn.clone())
                 })?;
-                let mut stride = vec![1i64; t.shape.len()];
-                for d in (0..t.shape.len().saturating_sub(1)).rev() {
-                    stride[d] = stride[d + 1].saturating_mul(t.shape[d + 1].max(1));
-                }
+                let stride = crate::torch::model::contiguous_strides(&t.shape);
                 let one = One {
                     storage: vec![Storage {
                         key: "0".into(),
@@ -418,10 +415,7 @@ fn tensor_meta(w: &mut PickleWriter, dtype: crate::torch::dtype::DType, shape: &
             w.tuple(1, false);
             w.reduce();
             w.bool(false);
-            let mut stride = vec![1i64; shape.len()];
-            for d in (0..shape.len().saturating_sub(1)).rev() {
-                stride[d] = stride[d + 1].saturating_mul(shape[d + 1].max(1));
-            }
+            let stride = crate::torch::model::contiguous_strides(shape);
             w.mark();
             for s in &stride {
                 w.int(*s);

@@ -172,10 +172,7 @@ impl<'a> StateDict<'a> {
             data: None,
             typed: true,
         });
-        let mut stride = vec![1i64; t.shape.len()];
-        for d in (0..t.shape.len().saturating_sub(1)).rev() {
-            stride[d] = stride[d + 1] * t.shape[d + 1].max(1);
-        }
+        let stride = crate::torch::model::contiguous_strides(&t.shape);
         self.tensors.push(Arc::new(Tensor {
             dtype: t.dtype,
             shape: t.shape,

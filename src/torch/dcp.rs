@@ -13,7 +13,8 @@ use crate::format::pickle;
 use crate::format::source::Source;
 use crate::torch::checkpoint::{ArchiveInfo, ByteOrder, Checkpoint, Format, OpenOptions};
 use crate::torch::dtype::DType;
-use crate::torch::interpret::{interpret, PersistentLoad, StorageTable};
+use crate::torch::interpret::{interpret, StorageTable};
+use crate::torch::legacy::NoPersistentIds;
 use crate::torch::model::{Object, Storage, Tensor};
 
 /// Largest `.metadata` read (the metadata of very large models runs to hundreds of MiB).
@@ -43,18 +44,6 @@ fn rank_metadata(dir: &Path) -> Vec<PathBuf> {
         .collect();
     v.sort();
     v
-}
-
-/// A persistent-id handler for the metadata pickle, which has none.
-struct NoPersistentIds;
-
-impl PersistentLoad for NoPersistentIds {
-    fn load(&mut self, _pid: &Object, _table: &mut StorageTable, at: &str) -> Result<Object> {
-        Err(Error::invalid(
-            "unexpected persistent id in a DCP metadata pickle",
-            at,
-        ))
-    }
 }
 
 /// One chunk of a tensor: its box in the full tensor.
@@ -297,20 +286,20 @@ fn parse_metadata(path: &Path, opts: &OpenOptions, meta: &mut Meta) -> Result<()
 
 /// A data file name must stay in the checkpoint's directory.
 fn check_relative(rel: &str, at: &str) -> Result<()> {
-    let b = rel.as_bytes();
-    if rel.is_empty()
-        || rel.starts_with('/')
-        || rel.starts_with('\\')
-        || (b.len() >= 2 && b[1] == b':')
-        || rel.split(['/', '\\']).any(|c| c == "..")
-        || rel.contains('\0')
-    {
-        return Err(bad(
-            format!("data file {rel:?} is not a plain name inside the checkpoint directory"),
+    let why = if rel.is_empty() {
+        Some("is empty")
+    } else {
+        crate::torch::shards::leaves_dir(rel)
+    };
+    match why {
+        Some(why) => Err(bad(
+            format!(
+                "data file {rel:?} is not a plain name inside the checkpoint directory: it {why}"
+            ),
             at,
-        ));
+        )),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 /// Opens a DCP directory.
@@ -539,13 +528,6 @@ fn tensor_of(
     at: &str,
 ) -> Result<(Tensor, Vec<Checkpoint>)> {
     let nd = size.len();
-    let contiguous = |shape: &[i64]| {
-        let mut st = vec![1i64; shape.len()];
-        for d in (0..shape.len().saturating_sub(1)).rev() {
-            st[d] = st[d + 1].saturating_mul(shape[d + 1].max(1));
-        }
-        st
-    };
     if size.iter().any(|&s| s < 0) {
         return Err(bad(format!("{key}: negative size {size:?}"), at));
     }
@@ -659,7 +641,7 @@ fn tensor_of(
         }
         parts.push((c.clone(), inner, t));
     }
-    let stride = contiguous(size);
+    let stride = crate::torch::model::contiguous_strides(size);
     let whole = |t: &Tensor| t.is_contiguous() && t.storage.is_some();
     if let [(c, _, t)] = &parts[..] {
         if c.offsets.iter().all(|&o| o == 0) && whole(t) {

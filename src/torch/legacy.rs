@@ -55,8 +55,9 @@ pub fn open(source: Source, opts: &OpenOptions) -> Result<Checkpoint> {
 // Helpers shared by both formats
 // ---------------------------------------------------------------------------------------------
 
-/// A persistent-id handler for pickles that must not have any.
-struct NoPersistentIds;
+/// A persistent-id handler for pickles that must not have any (the legacy stream's metadata
+/// pickles, DCP's `.metadata`).
+pub(crate) struct NoPersistentIds;
 
 impl PersistentLoad for NoPersistentIds {
     fn load(&mut self, _pid: &Object, _table: &mut StorageTable, at: &str) -> Result<Object> {

@@ -131,6 +131,16 @@ pub struct Tensor {
     pub metadata: Option<Object>,
 }
 
+/// Row-major (contiguous) strides of `shape`, in elements (a dimension of size 0 counts as
+/// 1, as torch's `contiguous()` strides do; products saturate).
+pub(crate) fn contiguous_strides(shape: &[i64]) -> Vec<i64> {
+    let mut st = vec![1i64; shape.len()];
+    for d in (0..shape.len().saturating_sub(1)).rev() {
+        st[d] = st[d + 1].saturating_mul(shape[d + 1].max(1));
+    }
+    st
+}
+
 impl Tensor {
     /// A dense tensor of `dtype` viewing storage `storage` (an index into the storages it is
     /// saved with; None for a tensor without storage) with `shape`, `stride` and

@@ -64,10 +64,7 @@ pub(crate) fn open(source: Source) -> Result<Checkpoint> {
                     name.as_str(),
                 )
             })?;
-        let mut stride = vec![1i64; shape.len()];
-        for d in (0..shape.len().saturating_sub(1)).rev() {
-            stride[d] = stride[d + 1].saturating_mul(shape[d + 1].max(1));
-        }
+        let stride = crate::torch::model::contiguous_strides(&shape);
         let t = Tensor {
             dtype,
             shape,

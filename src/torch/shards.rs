@@ -84,23 +84,31 @@ fn check_shard_name(name: &str, ext: &str, index: &str) -> Result<()> {
     if name.is_empty() || name.len() > 4096 {
         return bad("is empty or too long");
     }
-    let b = name.as_bytes();
-    if name.starts_with('/') || name.starts_with('\\') {
-        return bad("is an absolute path");
-    }
-    if b.len() >= 2 && b[1] == b':' && b[0].is_ascii_alphabetic() {
-        return bad("has a drive letter");
-    }
-    if name.split(['/', '\\']).any(|c| c == "..") {
-        return bad("leaves the directory (`..`)");
-    }
-    if name.contains('\0') {
-        return bad("holds a NUL byte");
+    if let Some(why) = leaves_dir(name) {
+        return bad(why);
     }
     if !name.ends_with(ext) {
         return bad(&format!("does not end in {ext} as the index's shards must"));
     }
     Ok(())
+}
+
+/// Why a file name from an index or a metadata file would not be a plain name inside the
+/// checkpoint's directory (absolute, a drive, `..`, a NUL byte), as huggingface_hub refuses
+/// shard names; None when it is one.
+pub(crate) fn leaves_dir(name: &str) -> Option<&'static str> {
+    let b = name.as_bytes();
+    if name.starts_with('/') || name.starts_with('\\') {
+        Some("is an absolute path")
+    } else if b.len() >= 2 && b[1] == b':' {
+        Some("has a drive letter")
+    } else if name.split(['/', '\\']).any(|c| c == "..") {
+        Some("leaves the directory (`..`)")
+    } else if name.contains('\0') {
+        Some("holds a NUL byte")
+    } else {
+        None
+    }
 }
 
 /// The error of a shard, with the shard named in it (the kind is kept).
