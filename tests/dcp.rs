@@ -8,19 +8,10 @@
 
 mod common;
 
-use std::path::Path;
 use std::process::Command;
 
 use common::*;
 use ptfile::{Checkpoint, Format};
-
-fn ptfile(args: &[&str], path: &Path) -> std::process::Output {
-    Command::new(ptfile_bin())
-        .args(args)
-        .arg(path)
-        .output()
-        .unwrap()
-}
 
 #[test]
 fn dcp_directories_read_as_dcp_to_torch_save_gives_them() {
@@ -37,14 +28,14 @@ fn dcp_directories_read_as_dcp_to_torch_save_gives_them() {
     for name in &names {
         let expected = &root.join(format!("{name}.json"));
         let dir = root.join(name);
-        let o = ptfile(&["inspect", "--json"], &dir);
+        let o = ptfile_on(&["inspect", "--json"], &dir);
         assert!(
             o.status.success(),
             "{name}: {}",
             String::from_utf8_lossy(&o.stderr)
         );
         common::described::compare_descriptions(&py, expected, &o.stdout, tmp.path(), name);
-        let o = ptfile(&["load", "--json", "--map-location", "cpu"], &dir);
+        let o = ptfile_on(&["load", "--json", "--map-location", "cpu"], &dir);
         assert!(
             o.status.success(),
             "{name}: {}",
@@ -63,7 +54,7 @@ fn dcp_directories_read_as_dcp_to_torch_save_gives_them() {
             "{name}: {}",
             String::from_utf8_lossy(&o.stderr)
         );
-        let o = ptfile(&["inspect", "--json"], &out);
+        let o = ptfile_on(&["inspect", "--json"], &out);
         // torch reads the converted file as the consolidated state dict too.
         let t = Command::new(&py)
             .arg(repo_root().join("tests/python/describe.py"))

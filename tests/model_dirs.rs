@@ -45,14 +45,6 @@ for kind, safe in [("bin", False), ("st", True)]:
 print("ok")
 "#;
 
-fn ptfile(args: &[&str], path: &Path) -> std::process::Output {
-    Command::new(ptfile_bin())
-        .args(args)
-        .arg(path)
-        .output()
-        .unwrap()
-}
-
 #[test]
 fn hf_sharded_directories_read_as_their_consolidated_state_dict() {
     let Some(py) = present_or_skip("torch", torch_python()) else {
@@ -79,10 +71,10 @@ fn hf_sharded_directories_read_as_their_consolidated_state_dict() {
         let dir = tmp.path().join(kind);
         let shards = std::fs::read_dir(&dir).unwrap().count() - 1;
         assert!(shards >= 3, "{kind}: {shards} shards");
-        let o = ptfile(&["inspect", "--json"], &dir);
+        let o = ptfile_on(&["inspect", "--json"], &dir);
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         common::described::compare_descriptions(&py, &want, &o.stdout, tmp.path(), kind);
-        let o = ptfile(&["load", "--json", "--map-location", "cpu"], &dir);
+        let o = ptfile_on(&["load", "--json", "--map-location", "cpu"], &dir);
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         common::described::compare_descriptions(&py, &want, &o.stdout, tmp.path(), kind);
 
@@ -114,7 +106,7 @@ fn hf_sharded_directories_read_as_their_consolidated_state_dict() {
             .output()
             .unwrap();
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-        let o = ptfile(&["inspect", "--json"], &out);
+        let o = ptfile_on(&["inspect", "--json"], &out);
         // torch reads the converted file as the consolidated state dict too.
         let t = Command::new(&py)
             .arg(repo_root().join("tests/python/describe.py"))
@@ -200,7 +192,7 @@ fn bad_directories_and_indexes_are_errors_naming_what_is_wrong() {
         let dir = tmp.path().join(what.replace(' ', "_"));
         write_index(&dir, name, &body);
         std::fs::copy(&fx, dir.join("s.bin")).unwrap();
-        let o = ptfile(&["inspect"], &dir);
+        let o = ptfile_on(&["inspect"], &dir);
         let err = String::from_utf8_lossy(&o.stderr);
         assert!(
             matches!(o.status.code(), Some(1) | Some(2)),
@@ -258,7 +250,7 @@ fn bad_directories_and_indexes_are_errors_naming_what_is_wrong() {
     // An empty directory.
     let dir = tmp.path().join("empty");
     std::fs::create_dir_all(&dir).unwrap();
-    let o = ptfile(&["inspect"], &dir);
+    let o = ptfile_on(&["inspect"], &dir);
     assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stderr).contains("no weights found"));
 }

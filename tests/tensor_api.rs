@@ -6,7 +6,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use common::described::*;
 
@@ -192,11 +192,10 @@ fn loaded_tensors_read_back_from_wgpu() {
         .map(|b| b.availability().devices())
         .unwrap_or(0);
     if available == 0 {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "CI=true but no wgpu adapter (lavapipe: apt-get install mesa-vulkan-drivers; build with --features wgpu)"
+        common::skip_or_fail(
+            "wgpu",
+            "the loaded-tensor test reads tensors back from wgpu",
         );
-        eprintln!("skipped: no wgpu adapter or --features wgpu not enabled");
         return;
     }
     let mut on_gpu = 0;
@@ -304,30 +303,11 @@ fn wrong_type_unknown_name_and_meta_are_errors_that_say_what_to_do() {
     assert_eq!(lt.storage().nbytes(), 0);
 }
 
-/// The venv's python with torch (PTFILE_PYTHON or .venv); None (a skip) only outside CI.
-fn torch_python() -> Option<PathBuf> {
-    let p = std::env::var_os("PTFILE_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root().join(".venv/bin/python"));
-    let ok = std::process::Command::new(&p)
-        .args(["-c", "import torch"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if ok {
-        return Some(p);
-    }
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "CI=true but no python with torch at {} (run scripts/setup-test-env.sh or set PTFILE_PYTHON)",
-        p.display()
-    );
-    eprintln!("skipped: no torch venv");
-    None
-}
-
 #[test]
 fn neg_and_conj_views_resolve_as_torch_resolves_them() {
-    let Some(py) = torch_python() else { return };
+    let Some(py) = common::present_or_skip("torch", common::torch_python()) else {
+        return;
+    };
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("views.pt");
     let script = r#"

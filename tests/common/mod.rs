@@ -231,6 +231,15 @@ pub fn shell_quote(word: &OsStr) -> String {
     }
 }
 
+/// Runs `ptfile ARGS PATH` and returns its output.
+pub fn ptfile_on(args: &[&str], path: &Path) -> std::process::Output {
+    Command::new(ptfile_bin())
+        .args(args)
+        .arg(path)
+        .output()
+        .expect("run ptfile")
+}
+
 /// The `--cmd` string for check_fixtures.py: the ptfile binary followed by `args`.
 pub fn ptfile_cmd(args: &[&str]) -> String {
     let mut cmd = shell_quote(ptfile_bin().as_os_str());
